@@ -1,0 +1,265 @@
+//! Checkpoint and savepoint layout in object storage, and the offset metadata that ties a
+//! committed Kafka offset to the snapshot it belongs with.
+//!
+//! ```text
+//! <checkpoint.storage>/<namespace>/<job>/
+//!   state/<topic>/<partition>/<checkpoint-id:016x>-<writer>.snap   checkpoint snapshots, never overwritten
+//!   savepoints/<savepoint-id>/<topic>/<partition>.snap              savepoint snapshots
+//!   savepoints/<savepoint-id>/worker-<ordinal>.json                 one manifest per worker
+//! ```
+//!
+//! A checkpoint snapshot counts only once the Kafka transaction that commits its partition's
+//! offset, with [`OffsetMetadata`] naming it, has committed. A savepoint counts once every worker
+//! that owned partitions wrote its manifest.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest format.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// Kafka's default `offset.metadata.max.bytes`; metadata must stay below it.
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+
+/// The storage root of one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobStorage {
+    root: String,
+}
+
+impl JobStorage {
+    /// The root of `namespace/job` under the `checkpoint.storage` URL.
+    pub fn new(storage_url: &str, namespace: &str, job: &str) -> Self {
+        Self {
+            root: format!("{}/{namespace}/{job}", storage_url.trim_end_matches('/')),
+        }
+    }
+
+    /// URL of the job's root.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// URL of an object given its key relative to the root.
+    pub fn url(&self, key: &str) -> String {
+        format!("{}/{key}", self.root)
+    }
+
+    /// URL of a savepoint directory.
+    pub fn savepoint_url(&self, savepoint_id: &str) -> String {
+        self.url(&savepoint_dir(savepoint_id))
+    }
+}
+
+/// Key of a checkpoint snapshot, relative to the job root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotKey {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Checkpoint id.
+    pub checkpoint_id: u64,
+    /// Identifies the writing process (ordinal and start), so that two incarnations of a
+    /// worker never write the same key.
+    pub writer: String,
+}
+
+impl SnapshotKey {
+    /// The relative key, `state/<topic>/<partition>/<id:016x>-<writer>.snap`.
+    pub fn key(&self) -> String {
+        format!(
+            "state/{}/{}/{:016x}-{}.snap",
+            self.topic, self.partition, self.checkpoint_id, self.writer
+        )
+    }
+
+    /// Parses a key written by [`SnapshotKey::key`].
+    pub fn parse(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix("state/")?.strip_suffix(".snap")?;
+        let mut parts = rest.rsplitn(3, '/');
+        let file = parts.next()?;
+        let partition = parts.next()?.parse().ok()?;
+        let topic = parts.next()?;
+        let (id, writer) = file.split_once('-')?;
+        if id.len() != 16 || writer.is_empty() || topic.is_empty() {
+            return None;
+        }
+        Some(Self {
+            topic: topic.to_owned(),
+            partition,
+            checkpoint_id: u64::from_str_radix(id, 16).ok()?,
+            writer: writer.to_owned(),
+        })
+    }
+}
+
+/// Directory of a savepoint, relative to the job root.
+pub fn savepoint_dir(savepoint_id: &str) -> String {
+    format!("savepoints/{savepoint_id}")
+}
+
+/// Key of a savepoint snapshot, relative to the job root.
+pub fn savepoint_snapshot_key(savepoint_id: &str, topic: &str, partition: i32) -> String {
+    format!("savepoints/{savepoint_id}/{topic}/{partition}.snap")
+}
+
+/// Key of a worker's savepoint manifest, relative to the job root.
+pub fn savepoint_manifest_key(savepoint_id: &str, ordinal: u32) -> String {
+    format!("savepoints/{savepoint_id}/worker-{ordinal}.json")
+}
+
+/// What a worker wrote for a savepoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointManifest {
+    /// [`MANIFEST_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Savepoint id.
+    pub savepoint_id: String,
+    /// Writing worker.
+    pub ordinal: u32,
+    /// Assignment generation at the time.
+    pub assignment_generation: i64,
+    /// Completion time, epoch milliseconds.
+    pub created_at_ms: i64,
+    /// One entry per partition the worker owned.
+    pub partitions: Vec<PartitionSnapshot>,
+}
+
+/// A partition's state at a consistent point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionSnapshot {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to consume after restoring the snapshot.
+    pub next_offset: i64,
+    /// Key of the snapshot relative to the job root; `None` for a task with empty state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Size of the snapshot.
+    #[serde(default)]
+    pub size_bytes: u64,
+}
+
+/// The metadata committed with each partition's offset: which snapshot goes with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OffsetMetadata {
+    /// The task had empty state at this offset.
+    Empty,
+    /// The snapshot at this key (relative to the job root) holds the state at this offset.
+    Snapshot(String),
+}
+
+const METADATA_PREFIX: &str = "oxbow1:";
+
+impl OffsetMetadata {
+    /// Encodes as `oxbow1:` followed by the key (or nothing).
+    pub fn encode(&self) -> String {
+        match self {
+            OffsetMetadata::Empty => METADATA_PREFIX.to_owned(),
+            OffsetMetadata::Snapshot(key) => format!("{METADATA_PREFIX}{key}"),
+        }
+    }
+
+    /// Decodes metadata written by [`OffsetMetadata::encode`]. Metadata written by another
+    /// client (or none) is an error, so that a group shared by mistake is noticed.
+    pub fn decode(metadata: &str) -> Result<Self, ForeignMetadata> {
+        match metadata.strip_prefix(METADATA_PREFIX) {
+            Some("") => Ok(OffsetMetadata::Empty),
+            Some(key) => Ok(OffsetMetadata::Snapshot(key.to_owned())),
+            None => Err(ForeignMetadata(metadata.to_owned())),
+        }
+    }
+}
+
+/// Offset metadata that Oxbow did not write.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ForeignMetadata(pub String);
+
+impl fmt::Display for ForeignMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "committed offset metadata {:?} was not written by Oxbow; is another application using the job's consumer group?",
+            self.0
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn layout_is_rooted_per_job() {
+        let s = JobStorage::new("s3://bucket/oxbow/", "prod", "fraud");
+        assert_eq!(s.root(), "s3://bucket/oxbow/prod/fraud");
+        assert_eq!(
+            s.savepoint_url("sp-7"),
+            "s3://bucket/oxbow/prod/fraud/savepoints/sp-7"
+        );
+        assert_eq!(
+            savepoint_manifest_key("sp-7", 2),
+            "savepoints/sp-7/worker-2.json"
+        );
+        assert_eq!(
+            savepoint_snapshot_key("sp-7", "in", 3),
+            "savepoints/sp-7/in/3.snap"
+        );
+    }
+
+    #[test]
+    fn manifests_round_trip() {
+        let m = SavepointManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            savepoint_id: "sp-1".into(),
+            ordinal: 1,
+            assignment_generation: 4,
+            created_at_ms: 1_700_000_000_000,
+            partitions: vec![PartitionSnapshot {
+                topic: "in".into(),
+                partition: 2,
+                next_offset: 1234,
+                snapshot: Some(savepoint_snapshot_key("sp-1", "in", 2)),
+                size_bytes: 99,
+            }],
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"nextOffset\":1234"), "{json}");
+        assert_eq!(serde_json::from_str::<SavepointManifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn foreign_metadata_is_refused() {
+        assert_eq!(OffsetMetadata::decode("oxbow1:"), Ok(OffsetMetadata::Empty));
+        assert!(OffsetMetadata::decode("").is_err());
+        assert!(
+            OffsetMetadata::decode("{\"flink\":1}")
+                .unwrap_err()
+                .to_string()
+                .contains("another application")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_keys_round_trip(
+            topic in "[a-zA-Z0-9._-]{1,60}",
+            partition in 0i32..100_000,
+            checkpoint_id: u64,
+            writer in "[a-z0-9]{1,20}",
+        ) {
+            let key = SnapshotKey { topic, partition, checkpoint_id, writer };
+            prop_assert_eq!(SnapshotKey::parse(&key.key()), Some(key.clone()));
+            let metadata = OffsetMetadata::Snapshot(key.key()).encode();
+            prop_assert!(metadata.len() < MAX_OFFSET_METADATA_BYTES);
+            prop_assert_eq!(OffsetMetadata::decode(&metadata), Ok(OffsetMetadata::Snapshot(key.key())));
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The Oxbow worker binary.
+//!
+//! `oxbow-worker validate <streamjob.yaml>` checks a StreamJob manifest with the same
+//! validation the operator applies. The runtime (`run`, `local`) arrives with the worker
+//! runtime issue.
+
+use std::process::ExitCode;
+
+use oxbow_crds::validation::{self, ValidatedSpec};
+
+const USAGE: &str = "usage:
+  oxbow-worker validate <streamjob.yaml>   check a StreamJob manifest
+  oxbow-worker local <streamjob.yaml>      run a StreamJob locally (not implemented yet)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["validate", path] => validate(path),
+        ["local", ..] | ["run", ..] => {
+            eprintln!(
+                "oxbow-worker {}: the worker runtime is not implemented yet; `validate` checks a manifest today.",
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::from(2)
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(path: &str) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("failed to read {path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let job = match oxbow_crds::parse_manifest(&text) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("{path} is not a StreamJob manifest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match validation::validate(&job.spec) {
+        Ok(valid) => {
+            println!("{path}: valid. {}", summary(&valid));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{path}: {} problem(s):", errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn summary(valid: &ValidatedSpec) -> String {
+    let steps = valid.pipeline.steps.len();
+    let shuffle = if valid.pipeline.needs_shuffle() {
+        "repartitions through the job's shuffle topic"
+    } else {
+        "needs no repartition topic"
+    };
+    format!("{steps} pipeline step(s); {shuffle}.")
+}
