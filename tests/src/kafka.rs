@@ -1,0 +1,123 @@
+//! Kafka-protocol brokers: client configuration and small helpers.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    error::RDKafkaErrorCode,
+};
+
+use crate::{Component, component};
+
+/// Bootstrap address of the full-protocol broker (noida-db, or the user's own Kafka).
+pub fn bootstrap() -> String {
+    component(Component::Kafka)
+        .get("OXBOW_TEST_BOOTSTRAP")
+        .map(str::to_owned)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Bootstrap address of the second broker (Tansu), when the environment has one.
+pub fn second_bootstrap() -> Option<String> {
+    component(Component::Kafka)
+        .optional("OXBOW_TEST_BOOTSTRAP_TANSU")
+        .map(str::to_owned)
+}
+
+/// Client configuration for `bootstrap` with settings every test client needs.
+pub fn config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        // noida-db answers a fetch with the whole backlog (see TESTING.md).
+        .set("receive.message.max.bytes", "1000000000")
+        .set("fetch.max.bytes", "500000000")
+        .set("socket.timeout.ms", "10000")
+        .set("message.timeout.ms", "30000");
+    config
+}
+
+/// Creates a topic, tolerating one that exists. A request that times out (a broker still
+/// starting, a loaded machine) is retried a few times.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
+        .create()
+        .context("failed to create an admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let results = match admin.create_topics([&new], &options).await {
+            Err(e) if attempt < 4 => {
+                eprintln!("creating topic {topic}: {e}; retrying");
+                continue;
+            }
+            result => result.with_context(|| format!("failed to create topic {topic}"))?,
+        };
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((
+                    _,
+                    RDKafkaErrorCode::RequestTimedOut | RDKafkaErrorCode::OperationTimedOut,
+                )) if attempt < 4 => {}
+                Err((name, code)) => anyhow::bail!("failed to create topic {name}: {code}"),
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// Reads every record visible at `isolation` ("read_committed" or "read_uncommitted") from
+/// all `partitions` of `topic`, until `idle` passes with nothing new. Returns the values.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    idle: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let consumer: BaseConsumer = config(bootstrap)
+        .set("group.id", crate::unique_name("oxbow-test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation)
+        .create()
+        .context("failed to create a consumer")?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .context("failed to build the assignment")?;
+    }
+    consumer
+        .assign(&assignment)
+        .context("failed to assign partitions")?;
+    let mut values = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let value = message
+                    .payload()
+                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                values.push(value.unwrap_or_default());
+                last = std::time::Instant::now();
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
+            // Connection hiccups are reported but not fatal: the client reconnects.
+            Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            ))) => {}
+            Some(Err(e)) => return Err(e).context("failed to consume"),
+        }
+    }
+    Ok(values)
+}

@@ -1,0 +1,209 @@
+//! Test support: the real components of Oxbow's integration and end-to-end tests.
+//!
+//! Each component comes from the environment when its variables are set (as `tests/run.sh`
+//! does after `tests/env/up.sh`, or a user pointing the suite at their own Kafka with
+//! `OXBOW_TEST_BOOTSTRAP`), and is otherwise started by this process with `tests/env/up.sh
+//! --watch-pid <pid>`, whose watchdog stops it when the test process exits.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+
+pub mod kafka;
+pub mod kube_env;
+pub mod s3;
+
+/// A component of the test environment, as `tests/env/up.sh` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// etcd, kube-apiserver and kube-controller-manager 1.20.
+    Kubernetes,
+    /// noida-db and Tansu.
+    Kafka,
+    /// moto's S3 server.
+    S3,
+}
+
+impl Component {
+    fn arg(self) -> &'static str {
+        match self {
+            Component::Kubernetes => "k8s",
+            Component::Kafka => "kafka",
+            Component::S3 => "s3",
+        }
+    }
+
+    /// The variable whose presence means the component is already provided.
+    fn marker(self) -> &'static str {
+        match self {
+            Component::Kubernetes => "KUBECONFIG",
+            Component::Kafka => "OXBOW_TEST_BOOTSTRAP",
+            Component::S3 => "OXBOW_TEST_S3_ENDPOINT",
+        }
+    }
+}
+
+/// The variables describing one component.
+#[derive(Clone, Debug)]
+pub struct Vars(BTreeMap<String, String>);
+
+impl Vars {
+    /// A variable, or an error naming it.
+    pub fn get(&self, name: &str) -> anyhow::Result<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("the test environment does not define {name}"))
+    }
+
+    /// A variable if defined.
+    pub fn optional(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// The variables of `component`, starting it if the environment does not provide it.
+///
+/// Panics with the reason when the component cannot be had: a test that needs a component
+/// must not pass without it.
+pub fn component(component: Component) -> &'static Vars {
+    static KUBE: OnceLock<Vars> = OnceLock::new();
+    static KAFKA: OnceLock<Vars> = OnceLock::new();
+    static S3: OnceLock<Vars> = OnceLock::new();
+    let cell = match component {
+        Component::Kubernetes => &KUBE,
+        Component::Kafka => &KAFKA,
+        Component::S3 => &S3,
+    };
+    cell.get_or_init(|| match provide(component) {
+        Ok(vars) => vars,
+        Err(e) => panic!(
+            "the {} test component is not available: {e:#}",
+            component.arg()
+        ),
+    })
+}
+
+fn provide(component: Component) -> anyhow::Result<Vars> {
+    if std::env::var_os(component.marker()).is_some() {
+        return Ok(Vars(std::env::vars().collect()));
+    }
+    start(component)
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+fn start(component: Component) -> anyhow::Result<Vars> {
+    let script = repo_root().join("tests/env/up.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("--watch-pid")
+        .arg(std::process::id().to_string())
+        .arg(component.arg())
+        .env_remove("OXBOW_ENV_DIR")
+        .output()
+        .with_context(|| format!("failed to run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {} failed ({}):\n{}",
+            script.display(),
+            component.arg(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8(output.stdout).context("up.sh printed non-UTF-8")?;
+    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    vars.extend(parse_exports(&stdout));
+    Ok(Vars(vars))
+}
+
+/// Parses `export NAME=value` lines; values may be shell-quoted by `printf %q`.
+pub fn parse_exports(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(name, value)| (name.to_owned(), unquote(value)))
+        .collect()
+}
+
+fn unquote(value: &str) -> String {
+    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        return inner.to_owned();
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A name unique to this test run, for topics, buckets, namespaces and groups.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0x10000)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            match last_error {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_up_sh_exports() {
+        let vars = parse_exports(
+            "export KUBECONFIG=/tmp/oxbow-env.x/kubeconfig\nexport A=with\\ space\nnoise\nexport B='q'\n",
+        );
+        assert_eq!(vars["KUBECONFIG"], "/tmp/oxbow-env.x/kubeconfig");
+        assert_eq!(vars["A"], "with space");
+        assert_eq!(vars["B"], "q");
+        assert_eq!(vars.len(), 3);
+    }
+}
