@@ -98,6 +98,17 @@ impl fmt::Debug for Expression {
     }
 }
 
+/// The top-level names a parsed expression reads, excluding comprehension variables.
+pub fn free_variables(expr: &IdedExpr) -> BTreeSet<String> {
+    let mut out = Expression {
+        source: String::new(),
+        variables: BTreeSet::new(),
+        functions: BTreeSet::new(),
+    };
+    collect(expr, &mut Vec::new(), &mut out);
+    out.variables
+}
+
 fn collect(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut Expression) {
     match &expr.expr {
         Expr::Unspecified | Expr::Literal(_) => {}

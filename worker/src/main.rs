@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use oxbow_crds::validation::{self, ValidatedSpec};
 
 const USAGE: &str = "usage:
-  oxbow-worker validate <streamjob.yaml>   check a StreamJob manifest
-  oxbow-worker local <streamjob.yaml>      run a StreamJob locally (not implemented yet)";
+  oxbow-worker validate <streamjob.yaml>          check a StreamJob manifest
+  oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
+  oxbow-worker local <streamjob.yaml>             run a StreamJob locally (not implemented yet)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +22,14 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["validate", path] => validate(path),
+        ["bench", "pipeline"] => bench_pipeline(20_000_000),
+        ["bench", "pipeline", "--events", n] => match n.replace('_', "").parse() {
+            Ok(n) => bench_pipeline(n),
+            Err(_) => {
+                eprintln!("--events takes a number of events, got {n:?}");
+                ExitCode::from(2)
+            }
+        },
         ["local", ..] | ["run", ..] => {
             eprintln!(
                 "oxbow-worker {}: the worker runtime is not implemented yet; `validate` checks a manifest today.",
@@ -31,6 +40,19 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn bench_pipeline(events: u64) -> ExitCode {
+    match oxbow_worker::bench::run_pipeline(events) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("the reference job failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

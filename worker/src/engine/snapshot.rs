@@ -1,0 +1,57 @@
+//! The task snapshot format: a 6-byte header (magic `OXBS`, format version as u16 LE) followed
+//! by a zstd frame holding the postcard-encoded state.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+const MAGIC: &[u8; 4] = b"OXBS";
+/// Version of the snapshot format written by this build.
+pub const FORMAT_VERSION: u16 = 1;
+const ZSTD_LEVEL: i32 = 1;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Not an Oxbow snapshot.
+    #[error("failed to read the snapshot: it does not start with the Oxbow snapshot header")]
+    NotASnapshot,
+    /// Written by a newer format.
+    #[error(
+        "failed to read the snapshot: format version {0} is newer than this worker's ({FORMAT_VERSION}); upgrade the worker image"
+    )]
+    UnsupportedVersion(u16),
+    /// Compression failed.
+    #[error("failed to {0} the snapshot: {1}")]
+    Compression(&'static str, #[source] std::io::Error),
+    /// Encoding failed.
+    #[error("failed to {0} the snapshot state: {1}")]
+    Encoding(&'static str, #[source] postcard::Error),
+}
+
+/// Encodes `state` as a snapshot.
+pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotError> {
+    let body = postcard::to_allocvec(state).map_err(|e| SnapshotError::Encoding("encode", e))?;
+    let mut out = Vec::with_capacity(body.len() / 3 + 16);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let compressed = zstd::bulk::compress(&body, ZSTD_LEVEL)
+        .map_err(|e| SnapshotError::Compression("compress", e))?;
+    out.extend_from_slice(&compressed);
+    Ok(out)
+}
+
+/// Decodes a snapshot written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    let (header, frame) = bytes
+        .split_at_checked(6)
+        .ok_or(SnapshotError::NotASnapshot)?;
+    if &header[..4] != MAGIC {
+        return Err(SnapshotError::NotASnapshot);
+    }
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version > FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion(version));
+    }
+    let body =
+        zstd::stream::decode_all(frame).map_err(|e| SnapshotError::Compression("decompress", e))?;
+    postcard::from_bytes(&body).map_err(|e| SnapshotError::Encoding("decode", e))
+}

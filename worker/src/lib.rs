@@ -1,0 +1,4 @@
+//! The Oxbow worker: runs a StreamJob's pipeline over the Kafka partitions it owns.
+
+pub mod bench;
+pub mod engine;

@@ -1,0 +1,495 @@
+//! The pipeline engine as a user would check it: windowed results against a naive
+//! recomputation on random out-of-order streams, snapshot and restore at any record boundary,
+//! compiled expressions against the CEL interpreter, and bad input that never stops the job.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use oxbow_crds::{streamjob::Format, validation};
+use oxbow_worker::engine::{
+    CompiledPipeline, DeadLetterReason, InputRecord, Output, OutputRecord, Task, Value, codec,
+    expr::Expr,
+};
+use proptest::prelude::*;
+
+fn pipeline(steps: &str, extra: &str) -> Arc<CompiledPipeline> {
+    let yaml = format!(
+        r#"
+apiVersion: oxbow.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: t}}
+spec:
+  kafka: {{bootstrapServers: "127.0.0.1:9092"}}
+  source:
+    topics: [in]
+    eventTime: {{field: ts, grace: 3ms, idleTimeout: 100ms}}
+  pipeline:
+{steps}
+  sink: {{topic: out}}
+  checkpoint: {{storage: "file:///tmp/x"}}
+{extra}
+"#
+    );
+    let job = oxbow_crds::parse_manifest(&yaml).unwrap();
+    let valid = validation::validate(&job.spec).unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(CompiledPipeline::compile(&valid, Format::Json, Format::Json).unwrap())
+}
+
+fn window_pipeline(window: &str) -> Arc<CompiledPipeline> {
+    pipeline(
+        &format!(
+            r#"    - keyBy: "k"
+    - window: {window}
+      aggregate: {{n: "count()", total: "sum(v)", lo: "min(v)", first: "first(v)"}}"#
+        ),
+        "",
+    )
+}
+
+fn record(k: i64, v: i64, ts: i64) -> Vec<u8> {
+    format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#).into_bytes()
+}
+
+fn run(task: &mut Task, inputs: &[Vec<u8>], out: &mut Output) {
+    for (i, value) in inputs.iter().enumerate() {
+        task.process(
+            &InputRecord {
+                value: Some(value),
+                offset: i as i64,
+                ..Default::default()
+            },
+            0,
+            out,
+        );
+    }
+}
+
+type WindowRow = (i64, i64, i64, i64, i64, i64, i64);
+
+fn rows(records: &[OutputRecord]) -> Vec<WindowRow> {
+    records
+        .iter()
+        .map(|r| {
+            let Value::Map(m) = codec::decode_json_value(&r.value).unwrap() else {
+                panic!()
+            };
+            let int = |f: &str| match &m[f] {
+                Value::Int(i) => *i,
+                other => panic!("{f} = {other:?}"),
+            };
+            (
+                int("k"),
+                int("window_start"),
+                int("window_end"),
+                int("n"),
+                int("total"),
+                int("lo"),
+                int("first"),
+            )
+        })
+        .collect()
+}
+
+/// A naive recomputation: replays arrival order only to decide lateness, then recomputes every
+/// window from the accepted records.
+fn naive(
+    shape: &str,
+    size: i64,
+    slide: i64,
+    grace: i64,
+    inputs: &[(i64, i64, i64)],
+) -> BTreeSet<WindowRow> {
+    let mut stream_time: Option<i64> = None;
+    // (key, start) -> records (arrival order)
+    let mut windows: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+    let mut accepted: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+    for &(k, v, ts) in inputs {
+        let watermark = stream_time.map_or(i64::MIN, |s| s - grace);
+        match shape {
+            "session" => {
+                if ts >= watermark {
+                    accepted.entry(k).or_default().push((ts, v));
+                }
+            }
+            _ => {
+                let starts: Vec<i64> = (0..)
+                    .map(|i| ts - ts.rem_euclid(slide) - i * slide)
+                    .take_while(|s| *s > ts - size)
+                    .filter(|s| s + size > watermark)
+                    .collect();
+                for s in starts {
+                    windows.entry((k, s)).or_default().push((ts, v));
+                }
+            }
+        }
+        stream_time = Some(stream_time.map_or(ts, |s| s.max(ts)));
+    }
+    let row = |k: i64, start: i64, end: i64, recs: &[(i64, i64)]| -> WindowRow {
+        let n = recs.len() as i64;
+        let total = recs.iter().map(|r| r.1).sum();
+        let lo = recs.iter().map(|r| r.1).min().unwrap();
+        let first = recs.iter().min_by_key(|r| r.0).unwrap().1; // earliest ts, first arrival on ties
+        (k, start, end, n, total, lo, first)
+    };
+    match shape {
+        "session" => {
+            let mut out = BTreeSet::new();
+            for (k, mut recs) in accepted {
+                let arrival: Vec<(i64, i64)> = recs.clone();
+                recs.sort_by_key(|r| r.0);
+                let mut group: Vec<(i64, i64)> = Vec::new();
+                let mut flush = |group: &mut Vec<(i64, i64)>| {
+                    if group.is_empty() {
+                        return;
+                    }
+                    let start = group.iter().map(|r| r.0).min().unwrap();
+                    let end = group.iter().map(|r| r.0).max().unwrap() + size;
+                    // `first` breaks event-time ties by arrival.
+                    let in_arrival: Vec<(i64, i64)> = arrival
+                        .iter()
+                        .filter(|r| r.0 >= start && r.0 < end - size + 1)
+                        .copied()
+                        .collect();
+                    out.insert(row(k, start, end, &in_arrival));
+                    group.clear();
+                };
+                for r in recs {
+                    if group.last().is_some_and(|l| r.0 - l.0 >= size) {
+                        flush(&mut group);
+                    }
+                    group.push(r);
+                }
+                flush(&mut group);
+            }
+            out
+        }
+        _ => windows
+            .into_iter()
+            .map(|((k, s), recs)| row(k, s, s + size, &recs))
+            .collect(),
+    }
+}
+
+fn stream() -> impl Strategy<Value = Vec<(i64, i64, i64)>> {
+    // Keys 0..4, values -50..50, event times wandering forward with disorder.
+    prop::collection::vec((0i64..4, -50i64..50, 0i64..40, any::<bool>()), 1..120).prop_map(
+        |steps| {
+            let mut t = 1000;
+            steps
+                .into_iter()
+                .map(|(k, v, dt, back)| {
+                    t += dt / 4;
+                    let ts = if back { t - dt } else { t };
+                    (k, v, ts)
+                })
+                .collect()
+        },
+    )
+}
+
+fn engine_rows(
+    p: Arc<CompiledPipeline>,
+    inputs: &[(i64, i64, i64)],
+) -> (BTreeSet<WindowRow>, usize) {
+    let encoded: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|(k, v, ts)| record(*k, *v, *ts))
+        .collect();
+    let mut task = Task::new(p);
+    let mut out = Output::default();
+    run(&mut task, &encoded, &mut out);
+    task.finish(&mut out);
+    let late = out
+        .dead_letters
+        .iter()
+        .filter(|d| d.reason == DeadLetterReason::Late)
+        .count();
+    assert_eq!(
+        late,
+        out.dead_letters.len(),
+        "only late records are dead-lettered: {:?}",
+        out.dead_letters
+    );
+    let rows = rows(&out.records);
+    let set: BTreeSet<WindowRow> = rows.iter().copied().collect();
+    assert_eq!(set.len(), rows.len(), "no window fires twice");
+    (set, late)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn tumbling_windows_match_a_naive_recomputation(inputs in stream()) {
+        let (rows, _) = engine_rows(window_pipeline("{tumbling: 10ms}"), &inputs);
+        prop_assert_eq!(rows, naive("tumbling", 10, 10, 3, &inputs));
+    }
+
+    #[test]
+    fn hopping_windows_match_a_naive_recomputation(inputs in stream()) {
+        let (rows, _) = engine_rows(window_pipeline("{hopping: {size: 12ms, slide: 4ms}}"), &inputs);
+        prop_assert_eq!(rows, naive("hopping", 12, 4, 3, &inputs));
+    }
+
+    #[test]
+    fn session_windows_match_a_naive_recomputation(inputs in stream()) {
+        let (rows, _) = engine_rows(window_pipeline("{session: {gap: 6ms}}"), &inputs);
+        prop_assert_eq!(rows, naive("session", 6, 6, 3, &inputs));
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_exactly_like_the_original(inputs in stream(), cut in 0usize..120, shape in 0usize..3) {
+        let window = ["{tumbling: 10ms}", "{hopping: {size: 12ms, slide: 4ms}}", "{session: {gap: 6ms}}"][shape];
+        let p = window_pipeline(window);
+        let encoded: Vec<Vec<u8>> = inputs.iter().map(|(k, v, ts)| record(*k, *v, *ts)).collect();
+        let cut = cut.min(encoded.len());
+
+        let mut original = Task::new(p.clone());
+        let mut before = Output::default();
+        run(&mut original, &encoded[..cut], &mut before);
+        let snapshot = original.snapshot().unwrap();
+        let mut restored = Task::restore(p, &snapshot).unwrap();
+        prop_assert_eq!(restored.state(), original.state());
+
+        let (mut a, mut b) = (Output::default(), Output::default());
+        run(&mut original, &encoded[cut..], &mut a);
+        run(&mut restored, &encoded[cut..], &mut b);
+        original.finish(&mut a);
+        restored.finish(&mut b);
+        prop_assert_eq!(a.records, b.records);
+        prop_assert_eq!(a.dead_letters, b.dead_letters);
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics_and_is_accounted_for(values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..50)) {
+        let p = window_pipeline("{tumbling: 10ms}");
+        let mut task = Task::new(p);
+        let mut out = Output::default();
+        run(&mut task, &values, &mut out);
+        task.finish(&mut out);
+        prop_assert_eq!(task.state().counters.records_in, values.len() as u64);
+    }
+}
+
+#[test]
+fn windows_fire_exactly_at_end_plus_grace() {
+    let p = window_pipeline("{tumbling: 10ms}");
+    let mut task = Task::new(p);
+    let mut out = Output::default();
+    run(
+        &mut task,
+        &[record(1, 5, 0), record(1, 6, 9), record(1, 7, 12)],
+        &mut out,
+    );
+    assert!(out.records.is_empty(), "stream time 12 < end 10 + grace 3");
+    run(&mut task, &[record(2, 1, 13)], &mut out);
+    assert_eq!(rows(&out.records), [(1, 0, 10, 2, 11, 5, 5)]);
+    // Within grace the window [10, 20) still takes records; [0, 10) has fired: late.
+    out.clear();
+    run(&mut task, &[record(1, 100, 9), record(1, 1, 10)], &mut out);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0].reason, DeadLetterReason::Late);
+    assert_eq!(&*out.dead_letters[0].step, "spec.pipeline[1].aggregate");
+    assert_eq!(task.state().counters.dead_lettered[3], 1);
+}
+
+#[test]
+fn an_idle_partition_still_fires_its_windows() {
+    let p = window_pipeline("{tumbling: 10ms}");
+    let mut task = Task::new(p);
+    let mut out = Output::default();
+    task.process(
+        &InputRecord {
+            value: Some(&record(1, 5, 4)),
+            ..Default::default()
+        },
+        1_000,
+        &mut out,
+    );
+    task.on_idle(1_050, &mut out);
+    assert!(out.records.is_empty(), "not idle before idleTimeout");
+    task.on_idle(1_100, &mut out);
+    assert_eq!(rows(&out.records), [(1, 0, 10, 1, 5, 5, 5)]);
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_output_with_their_step() {
+    let p = pipeline(
+        r#"    - filter: "amount > 10"
+    - map: {k: "k", doubled: "amount * 2", ts: "ts"}
+    - keyBy: "k"
+    - window: {tumbling: 10ms}
+      aggregate: {total: "sum(doubled)"}"#,
+        "",
+    );
+    let mut task = Task::new(p);
+    let mut out = Output::default();
+    let inputs: Vec<Vec<u8>> = [
+        &br#"not json"#[..],
+        br#"{"k":1,"amount":20}"#,                         // no event time
+        br#"{"k":1,"amount":"twenty","ts":1}"#,            // type error in the filter
+        br#"{"k":1,"amount":9223372036854775807,"ts":1}"#, // overflow in the map
+        br#"{"amount":20,"ts":1}"#,                        // missing key field in the map
+        br#"{"k":1,"amount":20,"ts":1}"#,                  // fine
+    ]
+    .iter()
+    .map(|b| b.to_vec())
+    .collect();
+    run(&mut task, &inputs, &mut out);
+    task.finish(&mut out);
+    let got: Vec<(DeadLetterReason, &str)> = out
+        .dead_letters
+        .iter()
+        .map(|d| (d.reason, &*d.step))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (DeadLetterReason::Decode, "spec.source.format"),
+            (DeadLetterReason::EventTime, "spec.source.eventTime.field"),
+            (DeadLetterReason::Eval, "spec.pipeline[0].filter"),
+            (DeadLetterReason::Eval, "spec.pipeline[1].map"),
+            (DeadLetterReason::Eval, "spec.pipeline[1].map"),
+        ]
+    );
+    assert!(
+        out.dead_letters[3].message.contains("overflow"),
+        "{}",
+        out.dead_letters[3].message
+    );
+    assert_eq!(
+        out.dead_letters[0].value.as_deref(),
+        Some(&b"not json"[..]),
+        "the original bytes are kept"
+    );
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(task.state().counters.records_in, 6);
+}
+
+#[test]
+fn a_filter_only_pipeline_passes_records_through_unchanged() {
+    let p = pipeline(
+        r#"    - filter: "size(name) > 3 && name.startsWith('o')""#,
+        "",
+    );
+    let mut task = Task::new(p);
+    let mut out = Output::default();
+    let inputs = [
+        br#"{"name":"oxbow", "ts": 5, "extra": [1,{"a":null}]}"#.to_vec(),
+        br#"{"name":"ox","ts":6}"#.to_vec(),
+    ];
+    run(&mut task, &inputs, &mut out);
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(out.records[0].value, inputs[0]);
+    assert_eq!(out.records[0].timestamp_ms, 5);
+}
+
+#[test]
+fn snapshots_refuse_foreign_or_newer_bytes() {
+    let p = window_pipeline("{tumbling: 10ms}");
+    assert!(
+        Task::restore(p.clone(), b"garbage")
+            .unwrap_err()
+            .to_string()
+            .contains("header")
+    );
+    let mut newer = Task::new(p.clone()).snapshot().unwrap();
+    newer[4] = 99;
+    assert!(
+        Task::restore(p, &newer)
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade the worker")
+    );
+}
+
+fn slots() -> Vec<Arc<str>> {
+    ["a", "b", "s", "m"].into_iter().map(Arc::from).collect()
+}
+
+fn row() -> impl Strategy<Value = Vec<Option<Value>>> {
+    (
+        prop::option::weighted(0.9, -1000i64..1000),
+        prop::option::weighted(0.9, -1e6f64..1e6),
+        prop::option::weighted(0.9, "[a-c]{0,4}"),
+    )
+        .prop_map(|(a, b, s)| {
+            let map = Value::Map(Arc::new(BTreeMap::from([(
+                "x".to_owned(),
+                Value::Int(a.unwrap_or(0)),
+            )])));
+            vec![
+                a.map(Value::Int),
+                b.map(Value::Double),
+                s.map(|s| Value::string(&s)),
+                Some(map),
+            ]
+        })
+}
+
+const EXPRESSIONS: &[&str] = &[
+    "a > 10 && b < 0.0",
+    "a >= 100 || s == 'ab'",
+    "!(a == 3) && a != 4",
+    "a + 1 > a - 1",
+    "a * 3 % 7 == 2",
+    "a / 3",
+    "b * 2.0 + 1.5",
+    "-a",
+    "a > 0 ? s : 'neg'",
+    "size(s) + 1",
+    "s.size() == 2",
+    "s.startsWith('a') || s.endsWith('c') || s.contains('b')",
+    "string(a) + s",
+    "double(a) < b",
+    "int(b)",
+    "m.x == a",
+    "has(m.x) && !has(m.y)",
+    "m['x'] + 1",
+    "a in [1, 2, 3] || s in ['a', 'b']",
+    "'x' in m",
+    "[a, 1][1]",
+    "{'k': a}.k",
+    "a < b",
+    "a == b",
+    "s < 'b'",
+    "a + b",
+    "s + a",
+    "uint(a)",
+    "a > 1 && s",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn compiled_expressions_agree_with_the_cel_interpreter(row in row(), i in 0usize..EXPRESSIONS.len()) {
+        let source = EXPRESSIONS[i];
+        let compiled = Expr::compile(source, &slots()).unwrap();
+        prop_assert!(compiled.is_compiled(), "{} fell back to the interpreter", source);
+        let interpreted = Expr::interpret(source, &slots()).unwrap();
+        let (c, r) = (compiled.eval(&row), interpreted.eval(&row));
+        match (&c, &r) {
+            (Ok(x), Ok(y)) => prop_assert!(x.cel_eq(y), "{}: compiled {:?}, interpreted {:?}", source, x, y),
+            (Err(_), Err(_)) => {}
+            _ => prop_assert!(false, "{}: compiled {:?}, interpreted {:?} on {:?}", source, c, r, row),
+        }
+    }
+}
+
+#[test]
+fn expressions_the_compiler_does_not_cover_run_on_the_interpreter() {
+    let e = Expr::compile("[1, 2, 3].exists(x, x == a)", &slots()).unwrap();
+    assert!(!e.is_compiled());
+    let row = vec![Some(Value::Int(2)), None, None, None];
+    assert_eq!(e.eval(&row).unwrap(), Value::Bool(true));
+    assert!(
+        Expr::compile("nope > 1", &slots())
+            .unwrap_err()
+            .contains("unknown field")
+    );
+}
