@@ -47,7 +47,9 @@ if [ ! -f "$FLINK_LIB/flink-dist-$FLINK_VERSION.jar" ]; then
     trap 'rm -rf "$DL"' EXIT
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
         -d "$DL" "apache-flink-libraries==$FLINK_VERSION" >&2
-    WHEEL="$(ls "$DL"/apache_flink_libraries-*.whl | head -n1)"
+    WHEELS=("$DL"/apache_flink_libraries-*.whl)
+    WHEEL="${WHEELS[0]}"
+    [ -f "$WHEEL" ] || { log "pip downloaded no apache-flink-libraries wheel"; exit 1; }
     log "extracting jars from $(basename "$WHEEL")"
     STAGE="$DL/stage"
     "$PYTHON" - "$WHEEL" "$STAGE" <<'PY'

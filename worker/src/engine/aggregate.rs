@@ -20,22 +20,17 @@ pub enum Acc {
     /// `sum` of doubles, or of mixed numbers.
     SumDouble(f64),
     /// `min`.
-    Min(Option<Value>),
+    Min(Option<Box<Value>>),
     /// `max`.
-    Max(Option<Value>),
-    /// `avg`.
-    Avg {
-        /// Sum so far.
-        sum: f64,
-        /// Values so far.
-        n: u64,
-    },
+    Max(Option<Box<Value>>),
+    /// `avg`: sum and number of values so far.
+    Avg(Box<(f64, u64)>),
     /// `first`: the value with the earliest event time.
-    First(Option<(i64, Value)>),
+    First(Option<Box<(i64, Value)>>),
     /// `last`: the value with the latest event time.
-    Last(Option<(i64, Value)>),
+    Last(Option<Box<(i64, Value)>>),
     /// `count_distinct`.
-    Distinct(IndexSet<Value>),
+    Distinct(Box<IndexSet<Value>>),
 }
 
 impl Acc {
@@ -46,10 +41,10 @@ impl Acc {
             AggregateFunction::Sum => Acc::SumEmpty,
             AggregateFunction::Min => Acc::Min(None),
             AggregateFunction::Max => Acc::Max(None),
-            AggregateFunction::Avg => Acc::Avg { sum: 0.0, n: 0 },
+            AggregateFunction::Avg => Acc::Avg(Box::new((0.0, 0))),
             AggregateFunction::First => Acc::First(None),
             AggregateFunction::Last => Acc::Last(None),
-            AggregateFunction::CountDistinct => Acc::Distinct(IndexSet::new()),
+            AggregateFunction::CountDistinct => Acc::Distinct(Box::default()),
         }
     }
 
@@ -76,7 +71,7 @@ impl Acc {
             (Acc::SumInt(_) | Acc::SumUInt(_) | Acc::SumDouble(_) | Acc::SumEmpty, _) => {
                 numeric("sum")
             }
-            (Acc::Avg { .. }, _) => numeric("avg"),
+            (Acc::Avg(_), _) => numeric("avg"),
             (Acc::Min(Some(m)) | Acc::Max(Some(m)), v) => {
                 m.compare(v)
                     .map(|_| ())
@@ -109,32 +104,32 @@ impl Acc {
                 other => *self = Acc::SumDouble(*a as f64 + other.as_f64().unwrap_or(0.0)),
             },
             Acc::SumDouble(a) => *a += value.as_f64().unwrap_or(0.0),
-            Acc::Avg { sum, n } => {
-                *sum += value.as_f64().unwrap_or(0.0);
-                *n += 1;
+            Acc::Avg(avg) => {
+                avg.0 += value.as_f64().unwrap_or(0.0);
+                avg.1 += 1;
             }
             Acc::Min(m) => {
                 if m.as_ref()
                     .is_none_or(|m| value.compare(m).is_some_and(|o| o.is_lt()))
                 {
-                    *m = Some(value.clone());
+                    *m = Some(Box::new(value.clone()));
                 }
             }
             Acc::Max(m) => {
                 if m.as_ref()
                     .is_none_or(|m| value.compare(m).is_some_and(|o| o.is_gt()))
                 {
-                    *m = Some(value.clone());
+                    *m = Some(Box::new(value.clone()));
                 }
             }
             Acc::First(f) => {
-                if f.as_ref().is_none_or(|(t, _)| ts < *t) {
-                    *f = Some((ts, value.clone()));
+                if f.as_ref().is_none_or(|first| ts < first.0) {
+                    *f = Some(Box::new((ts, value.clone())));
                 }
             }
             Acc::Last(l) => {
-                if l.as_ref().is_none_or(|(t, _)| ts >= *t) {
-                    *l = Some((ts, value.clone()));
+                if l.as_ref().is_none_or(|last| ts >= last.0) {
+                    *l = Some(Box::new((ts, value.clone())));
                 }
             }
             Acc::Distinct(set) => {
@@ -154,16 +149,17 @@ impl Acc {
             (a @ (Acc::SumInt(_) | Acc::SumUInt(_) | Acc::SumDouble(_)), b) => {
                 *a = Acc::SumDouble(a.sum_f64() + b.sum_f64());
             }
-            (Acc::Avg { sum, n }, Acc::Avg { sum: s, n: m }) => {
-                *sum += s;
-                *n += m;
+            (Acc::Avg(a), Acc::Avg(b)) => {
+                a.0 += b.0;
+                a.1 += b.1;
             }
             (a @ Acc::Min(_), Acc::Min(Some(v))) | (a @ Acc::Max(_), Acc::Max(Some(v))) => {
                 a.add(&v, 0)
             }
-            (a @ Acc::First(_), Acc::First(Some((t, v))))
-            | (a @ Acc::Last(_), Acc::Last(Some((t, v)))) => a.add(&v, t),
-            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b),
+            (a @ Acc::First(_), Acc::First(Some(b))) | (a @ Acc::Last(_), Acc::Last(Some(b))) => {
+                a.add(&b.1, b.0)
+            }
+            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(*b),
             _ => {}
         }
     }
@@ -185,12 +181,10 @@ impl Acc {
             Acc::SumInt(i) => Value::Int(*i),
             Acc::SumUInt(u) => Value::UInt(*u),
             Acc::SumDouble(d) => Value::Double(*d),
-            Acc::Avg { n: 0, .. } => Value::Null,
-            Acc::Avg { sum, n } => Value::Double(sum / *n as f64),
-            Acc::Min(v) | Acc::Max(v) => v.clone().unwrap_or(Value::Null),
-            Acc::First(v) | Acc::Last(v) => {
-                v.as_ref().map(|(_, v)| v.clone()).unwrap_or(Value::Null)
-            }
+            Acc::Avg(avg) if avg.1 == 0 => Value::Null,
+            Acc::Avg(avg) => Value::Double(avg.0 / avg.1 as f64),
+            Acc::Min(v) | Acc::Max(v) => v.as_deref().cloned().unwrap_or(Value::Null),
+            Acc::First(v) | Acc::Last(v) => v.as_ref().map(|b| b.1.clone()).unwrap_or(Value::Null),
             Acc::Distinct(set) => Value::Int(set.len() as i64),
         }
     }
@@ -240,6 +234,12 @@ mod tests {
         assert_eq!(run(Sum, &[]), Value::Int(0));
         assert_eq!(run(Avg, &[]), Value::Null);
         assert_eq!(run(Max, &[]), Value::Null);
+    }
+
+    #[test]
+    fn an_accumulator_fits_in_sixteen_bytes() {
+        // Two of them sit inline in each window entry; see `window::Accs`.
+        assert_eq!(std::mem::size_of::<Acc>(), 16);
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl<'de> DeserializeSeed<'de> for SlotSeed<'_> {
     type Value = Option<usize>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
-        deserializer.deserialize_str(self)
+        // Bytes rather than str: the key is compared, never kept, so skip UTF-8 validation.
+        deserializer.deserialize_bytes(self)
     }
 }
 
@@ -98,7 +99,11 @@ impl<'de> Visitor<'de> for SlotSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|n| **n == *key))
+        self.visit_bytes(key.as_bytes())
+    }
+
+    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|n| n.as_bytes() == key))
     }
 }
 

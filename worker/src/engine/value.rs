@@ -89,6 +89,45 @@ impl Value {
         }
     }
 
+    /// A total order over all values (type first, then value), for deterministic output.
+    pub fn total_cmp(&self, other: &Value) -> std::cmp::Ordering {
+        use Value::*;
+        fn rank(v: &Value) -> u8 {
+            match v {
+                Null => 0,
+                Bool(_) => 1,
+                Int(_) => 2,
+                UInt(_) => 3,
+                Double(_) => 4,
+                String(_) => 5,
+                Bytes(_) => 6,
+                List(_) => 7,
+                Map(_) => 8,
+            }
+        }
+        match (self, other) {
+            (Bool(a), Bool(b)) => a.cmp(b),
+            (Int(a), Int(b)) => a.cmp(b),
+            (UInt(a), UInt(b)) => a.cmp(b),
+            (Double(a), Double(b)) => a.total_cmp(b),
+            (String(a), String(b)) => a.cmp(b),
+            (Bytes(a), Bytes(b)) => a.cmp(b),
+            (List(a), List(b)) => a
+                .iter()
+                .zip(b.iter())
+                .map(|(x, y)| x.total_cmp(y))
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| a.len().cmp(&b.len())),
+            (Map(a), Map(b)) => a
+                .iter()
+                .zip(b.iter())
+                .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| va.total_cmp(vb)))
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| a.len().cmp(&b.len())),
+            _ => rank(self).cmp(&rank(other)),
+        }
+    }
+
     /// CEL equality: numbers compare by value across types; other types must match.
     pub fn cel_eq(&self, other: &Value) -> bool {
         use Value::*;
