@@ -433,6 +433,12 @@ fn row() -> impl Strategy<Value = Vec<Option<Value>>> {
 
 const EXPRESSIONS: &[&str] = &[
     "a > 10 && b < 0.0",
+    "10 < a",
+    "0.5 >= b",
+    "s == 'ab'",
+    "'ab' != s",
+    "a == 1.0",
+    "s < 3",
     "a >= 100 || s == 'ab'",
     "!(a == 3) && a != 4",
     "a + 1 > a - 1",

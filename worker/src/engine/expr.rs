@@ -257,6 +257,9 @@ fn compile_call(
     args: &[IdedExpr],
     slots: &[Arc<str>],
 ) -> Option<Node> {
+    if let Some(node) = field_versus_literal(name, target, args, slots) {
+        return Some(node);
+    }
     let mut operands: Vec<Node> = Vec::new();
     if let Some(t) = target {
         operands.push(compile_node(t, slots)?);
@@ -349,6 +352,82 @@ fn compile_call(
         }),
         _ => return None,
     })
+}
+
+/// `field <op> literal` (or `literal <op> field`), the most common filter shape, compares the
+/// row's value in place instead of cloning both sides.
+fn field_versus_literal(
+    name: &str,
+    target: Option<&IdedExpr>,
+    args: &[IdedExpr],
+    slots: &[Arc<str>],
+) -> Option<Node> {
+    let (Some(op), None, [left, right]) = (comparison(name), target, args) else {
+        return None;
+    };
+    let (field, lit, op) = match (&left.expr, &right.expr) {
+        (Ast::Ident(f), Ast::Literal(l)) => (f, literal(l), op),
+        (Ast::Literal(l), Ast::Ident(f)) => (f, literal(l), op.flipped()),
+        _ => return None,
+    };
+    let slot = slots.iter().position(|s| **s == **field)?;
+    let field: Arc<str> = Arc::from(field.as_str());
+    Some(Box::new(move |row: &Row| {
+        let Some(Some(v)) = row.get(slot) else {
+            return Err(EvalError::NoSuchField(field.clone()));
+        };
+        op.apply(v, &lit)
+    }))
+}
+
+#[derive(Clone, Copy)]
+enum Comparison {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+fn comparison(name: &str) -> Option<Comparison> {
+    Some(match name {
+        "_==_" => Comparison::Eq,
+        "_!=_" => Comparison::Ne,
+        "_<_" => Comparison::Lt,
+        "_<=_" => Comparison::Le,
+        "_>_" => Comparison::Gt,
+        "_>=_" => Comparison::Ge,
+        _ => return None,
+    })
+}
+
+impl Comparison {
+    /// The same comparison with its operands swapped.
+    fn flipped(self) -> Self {
+        match self {
+            Comparison::Lt => Comparison::Gt,
+            Comparison::Le => Comparison::Ge,
+            Comparison::Gt => Comparison::Lt,
+            Comparison::Ge => Comparison::Le,
+            same => same,
+        }
+    }
+
+    fn apply(self, x: &Value, y: &Value) -> Result<Value, EvalError> {
+        let (op, test): (&'static str, fn(std::cmp::Ordering) -> bool) = match self {
+            Comparison::Eq => return Ok(Value::Bool(x.cel_eq(y))),
+            Comparison::Ne => return Ok(Value::Bool(!x.cel_eq(y))),
+            Comparison::Lt => ("<", |o| o.is_lt()),
+            Comparison::Le => ("<=", |o| o.is_le()),
+            Comparison::Gt => (">", |o| o.is_gt()),
+            Comparison::Ge => (">=", |o| o.is_ge()),
+        };
+        match x.compare(y) {
+            Some(o) => Ok(Value::Bool(test(o))),
+            None => Err(no_overload(op, &[x, y])),
+        }
+    }
 }
 
 /// CEL's commutative `&&` / `||`: a decisive operand wins over an error in the other.
