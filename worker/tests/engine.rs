@@ -487,6 +487,37 @@ proptest! {
     }
 }
 
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<u64>().prop_map(Value::UInt),
+        any::<f64>().prop_map(Value::Double),
+        ".{0,8}".prop_map(|s| Value::string(&s)),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(|v| Value::List(Arc::new(v))),
+            prop::collection::btree_map("[a-z]{0,2}", inner, 0..3)
+                .prop_map(|m| Value::Map(Arc::new(m))),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Any JSON in any field: every expression evaluates to a value or an error, never a panic.
+    #[test]
+    fn expressions_never_panic_on_arbitrary_json(values in prop::collection::vec(prop::option::of(any_json()), 4)) {
+        for source in EXPRESSIONS {
+            let compiled = Expr::compile(source, &slots()).unwrap();
+            let _ = compiled.eval(&values);
+        }
+    }
+}
+
 #[test]
 fn expressions_the_compiler_does_not_cover_run_on_the_interpreter() {
     let e = Expr::compile("[1, 2, 3].exists(x, x == a)", &slots()).unwrap();

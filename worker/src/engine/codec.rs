@@ -193,18 +193,7 @@ pub fn write_json(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        Value::Map(entries) => {
-            out.push(b'{');
-            for (i, (k, v)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_str(out, k);
-                out.push(b':');
-                write_json(out, v);
-            }
-            out.push(b'}');
-        }
+        Value::Map(entries) => write_json_object(out, entries.iter().map(|(k, v)| (k.as_str(), v))),
     }
 }
 
