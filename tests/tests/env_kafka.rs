@@ -139,6 +139,55 @@ async fn offsets_commit_with_metadata_inside_a_transaction_and_zombies_are_fence
 }
 
 #[tokio::test]
+async fn a_fenced_zombies_open_transaction_is_aborted_and_earlier_commits_stay_visible() {
+    let bootstrap = kafka::bootstrap();
+    let topic = unique_name("fence");
+    kafka::create_topic(&bootstrap, &topic, 1).await.unwrap();
+    let txn_id = unique_name("fence-worker");
+
+    let zombie = transactional_producer(&bootstrap, &txn_id);
+    let consumer: BaseConsumer = kafka::config(&bootstrap)
+        .set("group.id", unique_name("fence-group"))
+        .create()
+        .unwrap();
+    zombie.begin_transaction().unwrap();
+    send(&zombie, &topic, "committed-by-zombie");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, Offset::Offset(1))
+        .unwrap();
+    zombie
+        .send_offsets_to_transaction(
+            &offsets,
+            &consumer.group_metadata().unwrap(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    zombie.commit_transaction(Duration::from_secs(30)).unwrap();
+    zombie.begin_transaction().unwrap();
+    send(&zombie, &topic, "open-when-fenced");
+    zombie.flush(Duration::from_secs(30)).unwrap(); // in the log, in an open transaction
+
+    let successor = transactional_producer(&bootstrap, &txn_id);
+    successor.begin_transaction().unwrap();
+    send(&successor, &topic, "committed-by-successor");
+    successor
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+    drop(zombie);
+
+    let visible = kafka::read_all(
+        &bootstrap,
+        &topic,
+        1,
+        "read_committed",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(visible, ["committed-by-zombie", "committed-by-successor"]);
+}
+
+#[tokio::test]
 async fn the_second_broker_produces_and_consumes() {
     let Some(bootstrap) = kafka::second_bootstrap() else {
         panic!(

@@ -1,4 +1,6 @@
 //! The Oxbow worker: runs a StreamJob's pipeline over the Kafka partitions it owns.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod engine;
+pub mod runtime;

@@ -1,0 +1,200 @@
+//! The worker runtime against a real broker (noida-db) and real checkpoint storage: a worker
+//! that dies with an open transaction is fenced by its successor, which restores the
+//! checkpointed windows and finishes the job; a `read_committed` reader of the sink sees every
+//! window result exactly once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use oxbow_crds::{
+    assignment::assign,
+    jobfile::{JobFile, Restore},
+};
+use oxbow_tests::{kafka, unique_name};
+use oxbow_worker::runtime::{Worker, WorkerConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// (key, value, event time)
+type Event = (i64, i64, i64);
+
+fn job(input: &str, output: &str, storage: &str) -> JobFile {
+    let yaml = format!(
+        r#"
+apiVersion: oxbow.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: eos}}
+spec:
+  kafka: {{bootstrapServers: "unused:9092"}}
+  source:
+    topics: [{input}]
+    eventTime: {{field: ts, grace: 0s}}
+  pipeline:
+    - keyBy: "k"
+    - window: {{tumbling: 1s}}
+      aggregate: {{n: "count()", total: "sum(v)"}}
+  sink: {{topic: {output}}}
+  checkpoint: {{storage: "{storage}", interval: 1h}}
+"#
+    );
+    let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
+    let topics = BTreeMap::from([(input.to_owned(), 2)]);
+    JobFile::new(
+        "test",
+        unique_name("eos"),
+        1,
+        spec,
+        assign(&topics, 1, None),
+        Restore::LatestCheckpoint,
+    )
+}
+
+/// Event times in the test are offsets from a recent whole second: results carry their window's
+/// end as Kafka timestamp, and a broker deletes records older than its retention (1970 is).
+fn base() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        now - now % 1000
+    })
+}
+
+async fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
+    let producer: FutureProducer = kafka::config(bootstrap).create().unwrap();
+    for (k, v, ts) in events {
+        let ts = base() + ts;
+        let value = format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#);
+        let record = FutureRecord::<(), str>::to(topic)
+            .payload(&value)
+            .partition((*k % 2) as i32);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+fn consume(worker: &mut Worker, until_records_in: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.records_in() < until_records_in {
+        assert!(
+            Instant::now() < deadline,
+            "the worker consumed {} of {until_records_in} records",
+            worker.records_in()
+        );
+        worker.poll_once(Duration::from_millis(100)).unwrap();
+    }
+}
+
+/// Window rows `(k, window_start, n, total)` recomputed from the events. Each key lives on one
+/// partition, so its windows are computed by one task.
+fn expected(events: &[Event]) -> Vec<(i64, i64, i64, i64)> {
+    let mut windows: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
+    for (k, v, ts) in events {
+        let w = windows.entry((*k, ts - ts % 1000)).or_default();
+        w.0 += 1;
+        w.1 += v;
+    }
+    windows
+        .into_iter()
+        .map(|((k, s), (n, t))| (k, s, n, t))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_resumed_from_its_checkpoint_exactly_once() {
+    let bootstrap = kafka::bootstrap();
+    let (input, output) = (unique_name("eos-in"), unique_name("eos-out"));
+    kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
+    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
+    let dir = std::env::temp_dir().join(unique_name("oxbow-checkpoints"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = job(&input, &output, &format!("file://{}", dir.display()));
+    let config = WorkerConfig {
+        job,
+        ordinal: 0,
+        bootstrap: Some(bootstrap.clone()),
+        kafka_timeout: Duration::from_secs(30),
+    };
+
+    // Windows [0, 1000) and [1000, 2000) for keys 0..4, then records at 2000+ that fire them.
+    let a: Vec<Event> = (0..40).map(|i| (i % 4, i, (i * 50) % 2000)).collect();
+    let b: Vec<Event> = (0..8).map(|i| (i % 4, 100 + i, 2000 + i)).collect();
+    let c: Vec<Event> = (0..4).map(|k| (k, 1000, 9000)).collect();
+    produce(&bootstrap, &input, &a).await;
+
+    let first = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut worker = Worker::start(config).unwrap();
+            consume(&mut worker, a.len() as u64);
+            let report = worker.checkpoint().unwrap();
+            assert!(report.snapshots >= 1, "{report:?}");
+            worker
+        })
+        .await
+        .unwrap()
+    };
+    produce(&bootstrap, &input, &b).await;
+    let first = tokio::task::spawn_blocking(move || {
+        let mut worker = first;
+        // Consumes B and fires windows into the open transaction, then dies without committing.
+        consume(&mut worker, (40 + 8) as u64);
+        worker
+    })
+    .await
+    .unwrap();
+    std::mem::forget(first); // a SIGKILL: no flush, no abort, no goodbye
+
+    produce(&bootstrap, &input, &c).await;
+    tokio::task::spawn_blocking(move || {
+        let mut second = Worker::start(config).unwrap();
+        // Restored from the checkpoint after A (its counters too): it reads B again, then C.
+        consume(&mut second, (40 + 8 + 4) as u64);
+        second.checkpoint().unwrap();
+    })
+    .await
+    .unwrap();
+
+    let values = kafka::read_all(
+        &bootstrap,
+        &output,
+        1,
+        "read_committed",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let mut rows: Vec<(i64, i64, i64, i64)> = values
+        .iter()
+        .map(|v| {
+            let row: serde_json::Value = serde_json::from_str(v).unwrap();
+            let int = |f: &str| row[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
+            (
+                int("k"),
+                int("window_start") - base(),
+                int("n"),
+                int("total"),
+            )
+        })
+        .collect();
+    rows.sort();
+    let all: Vec<Event> = a_b_c();
+    // The last window of each key ([9000, 10000)) is still open: no record closed it.
+    let want: Vec<_> = expected(&all).into_iter().filter(|r| r.1 < 9000).collect();
+    assert_eq!(rows, want);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn a_b_c() -> Vec<Event> {
+    let a: Vec<Event> = (0..40).map(|i| (i % 4, i, (i * 50) % 2000)).collect();
+    let b: Vec<Event> = (0..8).map(|i| (i % 4, 100 + i, 2000 + i)).collect();
+    let c: Vec<Event> = (0..4).map(|k| (k, 1000, 9000)).collect();
+    [a, b, c].concat()
+}

@@ -1,0 +1,3 @@
+//! Checkpoint storage: where task snapshots and savepoint manifests live.
+
+pub mod store;

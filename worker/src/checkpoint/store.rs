@@ -1,0 +1,144 @@
+//! The job's object storage: snapshots and manifests under the layout of
+//! [`oxbow_crds::checkpoint`], written create-only so that nothing is ever overwritten.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path};
+use oxbow_crds::checkpoint::JobStorage;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `checkpoint.storage` is not a URL object_store understands.
+    #[error("failed to open checkpoint storage {url:?}: {source}")]
+    Open {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write failed (the store is unreachable, denies access, ...).
+    #[error("failed to write {url}: {source}")]
+    Write {
+        /// The object.
+        url: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The object already exists: a key was reused, which the layout rules out.
+    #[error("refusing to overwrite {url}: snapshots are written once")]
+    Exists {
+        /// The object.
+        url: String,
+    },
+    /// A read failed.
+    #[error("failed to read {url}: {source}")]
+    Read {
+        /// The object.
+        url: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying may help (the store was unreachable), as opposed to a configuration
+    /// or data problem.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Write { source, .. } | StoreError::Read { source, .. }
+                if matches!(source, object_store::Error::Generic { .. })
+        )
+    }
+}
+
+/// One job's checkpoint storage.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    layout: JobStorage,
+}
+
+impl CheckpointStore {
+    /// Opens `storage_url` for `namespace/job`, configured from the environment (`AWS_*`,
+    /// `GOOGLE_*`, `AZURE_*` variables, as object_store reads them).
+    pub fn open(storage_url: &str, namespace: &str, job: &str) -> Result<Self, StoreError> {
+        let layout = JobStorage::new(storage_url, namespace, job);
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            url: storage_url.to_owned(),
+            source,
+        };
+        let url = url::Url::parse(layout.root()).map_err(|e| open_err(Box::new(e)))?;
+        let (store, root) = object_store::parse_url_opts(&url, std::env::vars())
+            .map_err(|e| open_err(Box::new(e)))?;
+        Ok(Self::with_store(Arc::from(store), root, layout))
+    }
+
+    /// A store over an existing object store (tests use an in-memory one).
+    pub fn with_store(store: Arc<dyn ObjectStore>, root: Path, layout: JobStorage) -> Self {
+        CheckpointStore {
+            store,
+            root,
+            layout,
+        }
+    }
+
+    /// The URL of the object at `key` (relative to the job root).
+    pub fn url(&self, key: &str) -> String {
+        self.layout.url(key)
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &JobStorage {
+        &self.layout
+    }
+
+    fn path(&self, key: &str) -> Path {
+        key.split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    /// Writes a new object; fails if `key` exists.
+    pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(StoreError::Exists { url: self.url(key) })
+            }
+            Err(source) => Err(StoreError::Write {
+                url: self.url(key),
+                source,
+            }),
+        }
+    }
+
+    /// Reads an object.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let read = |source| StoreError::Read {
+            url: self.url(key),
+            source,
+        };
+        self.store
+            .get(&self.path(key))
+            .await
+            .map_err(read)?
+            .bytes()
+            .await
+            .map_err(read)
+    }
+}
