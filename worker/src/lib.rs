@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod cli;
 pub mod engine;
 pub mod runtime;

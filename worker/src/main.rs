@@ -11,6 +11,8 @@ use oxbow_crds::validation::{self, ValidatedSpec};
 const USAGE: &str = "usage:
   oxbow-worker validate <streamjob.yaml>          check a StreamJob manifest
   oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
+  oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT]
+                                                  run as a StreamJob's worker (the StatefulSet pod's command)
   oxbow-worker local <streamjob.yaml>             run a StreamJob locally (not implemented yet)";
 
 fn main() -> ExitCode {
@@ -30,7 +32,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        ["local", ..] | ["run", ..] => {
+        ["run", rest @ ..] => run(rest),
+        ["local", ..] => {
             eprintln!(
                 "oxbow-worker {}: the worker runtime is not implemented yet; `validate` checks a manifest today.",
                 env!("CARGO_PKG_VERSION")
@@ -40,6 +43,25 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[&str]) -> ExitCode {
+    oxbow_worker::cli::init_logging();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let config = match oxbow_worker::cli::RunOptions::parse(&args).and_then(|o| o.config()) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match oxbow_worker::cli::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
         }
     }
 }
