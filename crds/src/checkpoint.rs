@@ -146,34 +146,42 @@ pub struct PartitionSnapshot {
     pub size_bytes: u64,
 }
 
-/// The metadata committed with each partition's offset: which snapshot goes with it.
+/// The metadata committed with each partition's offset: the assignment generation that
+/// committed it, and which snapshot goes with it.
+///
+/// The generation tells a worker restoring from a savepoint whether the committed offsets are
+/// newer than the savepoint (committed by its own generation, after a restart) or older.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OffsetMetadata {
-    /// The task had empty state at this offset.
-    Empty,
-    /// The snapshot at this key (relative to the job root) holds the state at this offset.
-    Snapshot(String),
+pub struct OffsetMetadata {
+    /// Assignment generation of the committing worker.
+    pub generation: i64,
+    /// Key (relative to the job root) of the snapshot holding the state at this offset;
+    /// `None` when the task's state was empty.
+    pub snapshot: Option<String>,
 }
 
-const METADATA_PREFIX: &str = "oxbow1:";
+const METADATA_PREFIX: &str = "oxbow1:g";
 
 impl OffsetMetadata {
-    /// Encodes as `oxbow1:` followed by the key (or nothing).
+    /// Encodes as `oxbow1:g<generation>:<key>` (the key empty for empty state).
     pub fn encode(&self) -> String {
-        match self {
-            OffsetMetadata::Empty => METADATA_PREFIX.to_owned(),
-            OffsetMetadata::Snapshot(key) => format!("{METADATA_PREFIX}{key}"),
-        }
+        format!(
+            "{METADATA_PREFIX}{}:{}",
+            self.generation,
+            self.snapshot.as_deref().unwrap_or("")
+        )
     }
 
     /// Decodes metadata written by [`OffsetMetadata::encode`]. Metadata written by another
     /// client (or none) is an error, so that a group shared by mistake is noticed.
     pub fn decode(metadata: &str) -> Result<Self, ForeignMetadata> {
-        match metadata.strip_prefix(METADATA_PREFIX) {
-            Some("") => Ok(OffsetMetadata::Empty),
-            Some(key) => Ok(OffsetMetadata::Snapshot(key.to_owned())),
-            None => Err(ForeignMetadata(metadata.to_owned())),
-        }
+        let foreign = || ForeignMetadata(metadata.to_owned());
+        let rest = metadata.strip_prefix(METADATA_PREFIX).ok_or_else(foreign)?;
+        let (generation, key) = rest.split_once(':').ok_or_else(foreign)?;
+        Ok(OffsetMetadata {
+            generation: generation.parse().map_err(|_| foreign())?,
+            snapshot: (!key.is_empty()).then(|| key.to_owned()),
+        })
     }
 }
 
@@ -237,8 +245,15 @@ mod tests {
 
     #[test]
     fn foreign_metadata_is_refused() {
-        assert_eq!(OffsetMetadata::decode("oxbow1:"), Ok(OffsetMetadata::Empty));
+        assert_eq!(
+            OffsetMetadata::decode("oxbow1:g3:"),
+            Ok(OffsetMetadata {
+                generation: 3,
+                snapshot: None
+            })
+        );
         assert!(OffsetMetadata::decode("").is_err());
+        assert!(OffsetMetadata::decode("oxbow1:gx:key").is_err());
         assert!(
             OffsetMetadata::decode("{\"flink\":1}")
                 .unwrap_err()
@@ -257,9 +272,10 @@ mod tests {
         ) {
             let key = SnapshotKey { topic, partition, checkpoint_id, writer };
             prop_assert_eq!(SnapshotKey::parse(&key.key()), Some(key.clone()));
-            let metadata = OffsetMetadata::Snapshot(key.key()).encode();
-            prop_assert!(metadata.len() < MAX_OFFSET_METADATA_BYTES);
-            prop_assert_eq!(OffsetMetadata::decode(&metadata), Ok(OffsetMetadata::Snapshot(key.key())));
+            let metadata = OffsetMetadata { generation: i64::MAX, snapshot: Some(key.key()) };
+            let encoded = metadata.encode();
+            prop_assert!(encoded.len() < MAX_OFFSET_METADATA_BYTES);
+            prop_assert_eq!(OffsetMetadata::decode(&encoded), Ok(metadata));
         }
     }
 }

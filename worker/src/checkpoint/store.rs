@@ -127,6 +127,31 @@ impl CheckpointStore {
         }
     }
 
+    /// Keys (relative to the job root) of the objects under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        use futures_util::TryStreamExt;
+        let base = self.path(prefix);
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Read {
+                url: self.url(prefix),
+                source,
+            })?;
+        let root = self.root.as_ref();
+        Ok(objects
+            .into_iter()
+            .map(|o| {
+                let full = o.location.as_ref().to_owned();
+                full.strip_prefix(root)
+                    .map(|k| k.trim_start_matches('/').to_owned())
+                    .unwrap_or(full)
+            })
+            .collect())
+    }
+
     /// Reads an object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let read = |source| StoreError::Read {

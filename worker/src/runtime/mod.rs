@@ -18,7 +18,10 @@ use std::{
 };
 
 use oxbow_crds::{
-    checkpoint::{OffsetMetadata, SnapshotKey},
+    checkpoint::{
+        MANIFEST_FORMAT_VERSION, OffsetMetadata, PartitionSnapshot, SavepointManifest, SnapshotKey,
+        savepoint_dir, savepoint_manifest_key, savepoint_snapshot_key,
+    },
     jobfile::{JobFile, Restore},
     streamjob::{DeliveryGuarantee, StartingOffsets},
     validation::{self, ValidatedSpec},
@@ -78,9 +81,14 @@ pub enum RuntimeError {
         "fenced by a newer worker with the same transactional id; stopping so that only one generation runs"
     )]
     Fenced,
-    /// Something the runtime does not support yet.
-    #[error("{0} is not supported yet")]
-    Unsupported(&'static str),
+    /// The savepoint to restore from is missing or incomplete.
+    #[error("failed to restore from savepoint {path}: {reason}")]
+    Savepoint {
+        /// Savepoint URL.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 fn kafka(action: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
@@ -195,9 +203,6 @@ impl Worker {
                 .map(Arc::new)
                 .map_err(|e| RuntimeError::InvalidJob(e.to_string()))?;
         let exactly_once = job.spec.sink.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
-        if exactly_once && matches!(job.restore, Restore::Savepoint { .. }) {
-            return Err(RuntimeError::Unsupported("restoring from a savepoint"));
-        }
         let bootstrap = config
             .bootstrap
             .clone()
@@ -301,44 +306,45 @@ impl Worker {
             .consumer
             .committed_offsets(wanted, self.config.kafka_timeout)
             .map_err(kafka("read the committed offsets"))?;
+        let generation = self.config.job.assignment.generation;
         let stateless = self.config.job.restore == Restore::Stateless;
+        let savepoint = match &self.config.job.restore {
+            Restore::Savepoint { path } => Some(self.read_savepoint(path)?),
+            _ => None,
+        };
         let mut assignment = TopicPartitionList::new();
         self.slots.clear();
         for (topic, partition) in owned {
-            let entry = committed.find_partition(&topic, partition);
-            let (task, position) = match entry
-                .as_ref()
+            let committed = match committed
+                .find_partition(&topic, partition)
                 .map(|e| (e.offset(), e.metadata().to_owned()))
             {
                 Some((Offset::Offset(offset), metadata)) => {
-                    let task = match OffsetMetadata::decode(&metadata)? {
-                        OffsetMetadata::Snapshot(key) if !stateless => {
-                            let store = self.store.as_ref().ok_or(RuntimeError::InvalidJob(
-                                "committed offsets name snapshots but the job has no checkpoint.storage".into(),
-                            ))?;
-                            let bytes = self.io.block_on(store.get(&key))?;
-                            Task::restore(Arc::clone(&self.pipeline), &bytes).map_err(|source| {
-                                RuntimeError::Snapshot {
-                                    action: "restore the snapshot",
-                                    topic: topic.clone(),
-                                    partition,
-                                    source,
-                                }
-                            })?
+                    Some((offset, OffsetMetadata::decode(&metadata)?))
+                }
+                _ => None,
+            };
+            // A savepoint restore holds until this generation commits its own progress; after
+            // a restart of the same generation the committed offsets are newer than the savepoint.
+            let from_savepoint = savepoint.as_ref().filter(|_| {
+                committed
+                    .as_ref()
+                    .is_none_or(|(_, m)| m.generation != generation)
+            });
+            let (task, position) = match (from_savepoint, committed) {
+                (Some(savepoint), _) => self.task_from_savepoint(savepoint, &topic, partition)?,
+                (None, Some((offset, metadata))) => {
+                    let task = match metadata.snapshot {
+                        Some(key) if !stateless => {
+                            self.task_from_snapshot(&key, &topic, partition)?
                         }
                         _ => Task::new(Arc::clone(&self.pipeline)),
                     };
                     (task, Some(offset))
                 }
-                _ => (Task::new(Arc::clone(&self.pipeline)), None),
+                (None, None) => (Task::new(Arc::clone(&self.pipeline)), None),
             };
-            let offset = position.map_or(
-                match self.config.job.spec.source.starting_offsets {
-                    StartingOffsets::Earliest => Offset::Beginning,
-                    StartingOffsets::Latest => Offset::End,
-                },
-                Offset::Offset,
-            );
+            let offset = position.map_or(self.starting_offset(), Offset::Offset);
             assignment
                 .add_partition_offset(&topic, partition, offset)
                 .map_err(kafka("build the assignment"))?;
@@ -349,6 +355,154 @@ impl Worker {
             .assign(&assignment)
             .map_err(kafka("assign the partitions"))?;
         Ok(())
+    }
+
+    fn starting_offset(&self) -> Offset {
+        match self.config.job.spec.source.starting_offsets {
+            StartingOffsets::Earliest => Offset::Beginning,
+            StartingOffsets::Latest => Offset::End,
+        }
+    }
+
+    /// Every worker manifest of a savepoint, merged by partition.
+    fn read_savepoint(
+        &self,
+        path: &str,
+    ) -> Result<BTreeMap<(String, i32), PartitionSnapshot>, RuntimeError> {
+        let invalid = |reason: String| RuntimeError::Savepoint {
+            path: path.to_owned(),
+            reason,
+        };
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| invalid("the job has no checkpoint.storage".to_owned()))?;
+        let id = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        if store.url(&savepoint_dir(id)) != path.trim_end_matches('/') {
+            return Err(invalid(format!(
+                "it is not a savepoint of this job (expected a path under {})",
+                store.layout().root()
+            )));
+        }
+        let keys = self.io.block_on(store.list(&savepoint_dir(id)))?;
+        let manifests: Vec<&String> = keys.iter().filter(|k| k.ends_with(".json")).collect();
+        if manifests.is_empty() {
+            return Err(invalid(
+                "it has no worker manifests: it does not exist or never completed".to_owned(),
+            ));
+        }
+        let mut partitions = BTreeMap::new();
+        for key in manifests {
+            let bytes = self.io.block_on(store.get(key))?;
+            let manifest: SavepointManifest = serde_json::from_slice(&bytes)
+                .map_err(|e| invalid(format!("manifest {key} does not parse: {e}")))?;
+            if manifest.format_version > MANIFEST_FORMAT_VERSION {
+                return Err(invalid(format!(
+                    "manifest {key} has format {}, newer than this worker's",
+                    manifest.format_version
+                )));
+            }
+            for p in manifest.partitions {
+                partitions.insert((p.topic.clone(), p.partition), p);
+            }
+        }
+        Ok(partitions)
+    }
+
+    fn task_from_snapshot(
+        &self,
+        key: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Task, RuntimeError> {
+        let store = self.store.as_ref().ok_or(RuntimeError::InvalidJob(
+            "committed offsets or a savepoint name snapshots but the job has no checkpoint.storage"
+                .into(),
+        ))?;
+        let bytes = self.io.block_on(store.get(key))?;
+        Task::restore(Arc::clone(&self.pipeline), &bytes).map_err(|source| RuntimeError::Snapshot {
+            action: "restore the snapshot",
+            topic: topic.to_owned(),
+            partition,
+            source,
+        })
+    }
+
+    fn task_from_savepoint(
+        &self,
+        savepoint: &BTreeMap<(String, i32), PartitionSnapshot>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Task, Option<i64>), RuntimeError> {
+        // A partition the savepoint does not know (a new partition) starts from startingOffsets.
+        let Some(p) = savepoint.get(&(topic.to_owned(), partition)) else {
+            return Ok((Task::new(Arc::clone(&self.pipeline)), None));
+        };
+        let task = match &p.snapshot {
+            Some(key) => self.task_from_snapshot(key, topic, partition)?,
+            None => Task::new(Arc::clone(&self.pipeline)),
+        };
+        Ok((task, Some(p.next_offset)))
+    }
+
+    /// Takes a savepoint with id `id`: a checkpoint (so that the output up to this point is
+    /// committed with its offsets), then each task's state written under `savepoints/<id>/`
+    /// with a manifest of this worker's partitions and offsets. Returns the savepoint's URL.
+    pub fn savepoint(&mut self, id: &str) -> Result<String, RuntimeError> {
+        self.checkpoint()?;
+        let store = self.store.as_ref().ok_or_else(|| RuntimeError::Savepoint {
+            path: id.to_owned(),
+            reason: "the job has no checkpoint.storage".to_owned(),
+        })?;
+        let mut partitions = Vec::new();
+        for ((topic, partition), slot) in &self.slots {
+            let Some(next_offset) = slot.position else {
+                continue;
+            };
+            let (snapshot, size_bytes) = if slot.task.state().windows.is_empty() {
+                (None, 0)
+            } else {
+                let key = savepoint_snapshot_key(id, topic, *partition);
+                let bytes = slot
+                    .task
+                    .snapshot()
+                    .map_err(|source| RuntimeError::Snapshot {
+                        action: "write the savepoint snapshot",
+                        topic: topic.clone(),
+                        partition: *partition,
+                        source,
+                    })?;
+                let size = bytes.len() as u64;
+                self.io.block_on(store.put_new(&key, bytes))?;
+                (Some(key), size)
+            };
+            partitions.push(PartitionSnapshot {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset,
+                snapshot,
+                size_bytes,
+            });
+        }
+        let manifest = SavepointManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            savepoint_id: id.to_owned(),
+            ordinal: self.config.ordinal,
+            assignment_generation: self.config.job.assignment.generation,
+            created_at_ms: now_ms(),
+            partitions,
+        };
+        let json = serde_json::to_vec(&manifest).map_err(|e| RuntimeError::Savepoint {
+            path: id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.io
+            .block_on(store.put_new(&savepoint_manifest_key(id, self.config.ordinal), json))?;
+        Ok(store.url(&savepoint_dir(id)))
     }
 
     /// Processes records until `stop` is set, checkpointing every interval; takes a final
@@ -486,9 +640,13 @@ impl Worker {
                     bytes += snapshot.len() as u64;
                     snapshots += 1;
                     self.io.block_on(store.put_new(&key, snapshot))?;
-                    OffsetMetadata::Snapshot(key)
+                    Some(key)
                 }
-                _ => OffsetMetadata::Empty,
+                _ => None,
+            };
+            let metadata = OffsetMetadata {
+                generation: self.config.job.assignment.generation,
+                snapshot: metadata,
             };
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(position))
