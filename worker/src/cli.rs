@@ -7,11 +7,15 @@ use std::{
 };
 
 use oxbow_crds::{
-    jobfile::{JOB_FILE_PATH, JobFile},
+    admin::ADMIN_PORT,
+    jobfile::{ADMIN_TOKEN_PATH, JOB_FILE_PATH, JobFile},
     names,
 };
 
-use crate::runtime::{RuntimeError, Worker, WorkerConfig};
+use crate::{
+    admin::{self, Shared},
+    runtime::{Control, RuntimeError, Worker, WorkerConfig},
+};
 
 /// Why `run` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,8 @@ pub struct RunOptions {
     pub ordinal: Option<u32>,
     /// Bootstrap override.
     pub bootstrap: Option<String>,
+    /// Address of the admin API (default `0.0.0.0:9249`).
+    pub admin_addr: Option<String>,
 }
 
 impl RunOptions {
@@ -77,6 +83,7 @@ impl RunOptions {
                     })?);
                 }
                 "--bootstrap" => options.bootstrap = Some(value()?),
+                "--admin-addr" => options.admin_addr = Some(value()?),
                 other => return Err(StartError::Usage(format!("unknown argument {other:?}"))),
             }
         }
@@ -136,8 +143,18 @@ pub fn init_logging() {
     }
 }
 
-/// Runs the worker until SIGTERM or SIGINT, then takes a final checkpoint.
-pub fn run(config: WorkerConfig) -> Result<(), RuntimeError> {
+/// The admin token: `OXBOW_ADMIN_TOKEN`, or the file the operator mounts. Without one, the
+/// `/v1` endpoints refuse every request.
+fn admin_token() -> String {
+    std::env::var("OXBOW_ADMIN_TOKEN")
+        .ok()
+        .or_else(|| std::fs::read_to_string(ADMIN_TOKEN_PATH).ok())
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs the worker, with its admin API, until SIGTERM or SIGINT, then takes a final checkpoint.
+pub fn run(config: WorkerConfig, options: &RunOptions) -> Result<(), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
@@ -145,10 +162,39 @@ pub fn run(config: WorkerConfig) -> Result<(), RuntimeError> {
         }
     }
     let (job, ordinal) = (config.job.name.clone(), config.ordinal);
-    tracing::info!(%job, ordinal, generation = config.job.assignment.generation, "starting");
+    let token = admin_token();
+    if token.is_empty() {
+        tracing::warn!(
+            "no admin token (OXBOW_ADMIN_TOKEN or {ADMIN_TOKEN_PATH}): the /v1 admin endpoints refuse every request"
+        );
+    }
+    let (shared, commands) = Shared::new(token, ordinal);
+    let addr = options
+        .admin_addr
+        .clone()
+        .unwrap_or_else(|| format!("0.0.0.0:{ADMIN_PORT}"));
+    let bound = admin::serve(&addr, std::sync::Arc::clone(&shared))?;
+    tracing::info!(%job, ordinal, generation = config.job.assignment.generation, admin = %bound, "starting");
     let mut worker = Worker::start(config)?;
     tracing::info!(partitions = ?worker, "restored; processing");
-    worker.run(&stop)?;
+    worker.run(
+        &stop,
+        Some(Control {
+            shared: &shared,
+            commands: &commands,
+        }),
+    )?;
     tracing::info!("stopped after a final checkpoint");
     Ok(())
+}
+
+/// Why `run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The admin API could not start.
+    #[error(transparent)]
+    Admin(#[from] admin::ServeError),
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }

@@ -1,5 +1,6 @@
 //! The Oxbow worker: runs a StreamJob's pipeline over the Kafka partitions it owns.
 
+pub mod admin;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

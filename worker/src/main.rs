@@ -11,7 +11,7 @@ use oxbow_crds::validation::{self, ValidatedSpec};
 const USAGE: &str = "usage:
   oxbow-worker validate <streamjob.yaml>          check a StreamJob manifest
   oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
-  oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT]
+  oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT] [--admin-addr ADDR]
                                                   run as a StreamJob's worker (the StatefulSet pod's command)
   oxbow-worker local <streamjob.yaml>             run a StreamJob locally (not implemented yet)";
 
@@ -50,14 +50,21 @@ fn main() -> ExitCode {
 fn run(args: &[&str]) -> ExitCode {
     oxbow_worker::cli::init_logging();
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let config = match oxbow_worker::cli::RunOptions::parse(&args).and_then(|o| o.config()) {
+    let options = match oxbow_worker::cli::RunOptions::parse(&args) {
+        Ok(options) => options,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match options.config() {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match oxbow_worker::cli::run(config) {
+    match oxbow_worker::cli::run(config, &options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

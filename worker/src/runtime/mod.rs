@@ -34,9 +34,16 @@ use rdkafka::{
     producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
 };
 
+use oxbow_crds::admin::{
+    CheckpointSummary, PartitionStatus, SavepointResult, SavepointState, WorkerState, WorkerStatus,
+};
+
 use crate::{
+    admin::{Command, OutcomeLabel, ReasonLabel, Shared},
     checkpoint::store::{CheckpointStore, StoreError},
-    engine::{CompiledPipeline, InputRecord, Output, Task, snapshot::SnapshotError},
+    engine::{
+        CompiledPipeline, DeadLetterReason, InputRecord, Output, Task, snapshot::SnapshotError,
+    },
 };
 
 /// Why the worker stopped or could not start.
@@ -146,6 +153,26 @@ struct Slot {
     position: Option<i64>,
 }
 
+/// The admin API's side of a running worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Control<'a> {
+    /// What the API reads.
+    pub shared: &'a Shared,
+    /// What the API asks.
+    pub commands: &'a std::sync::mpsc::Receiver<Command>,
+}
+
+/// Totals already exported as metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Exported {
+    records_in: u64,
+    records_out: u64,
+    dead_lettered: [u64; 4],
+    commits: u64,
+    aborts: u64,
+    checkpoint_id: u64,
+}
+
 /// A completed checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointReport {
@@ -174,6 +201,10 @@ pub struct Worker {
     checkpoint_id: u64,
     last_checkpoint: Instant,
     exactly_once: bool,
+    last_report: Option<(CheckpointReport, i64)>,
+    commits: u64,
+    aborts: u64,
+    exported: Exported,
 }
 
 impl std::fmt::Debug for Worker {
@@ -274,6 +305,10 @@ impl Worker {
             checkpoint_id: 0,
             last_checkpoint: Instant::now(),
             exactly_once,
+            last_report: None,
+            commits: 0,
+            aborts: 0,
+            exported: Exported::default(),
         };
         worker.restore()?;
         if worker.exactly_once {
@@ -506,21 +541,177 @@ impl Worker {
     }
 
     /// Processes records until `stop` is set, checkpointing every interval; takes a final
-    /// checkpoint before returning.
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    /// checkpoint before returning. With `control`, publishes status and metrics to the admin
+    /// API and executes its commands; after a stop-with-savepoint it processes nothing more.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        control: Option<Control<'_>>,
+    ) -> Result<(), RuntimeError> {
         let interval = self
             .spec
             .checkpoint
             .as_ref()
             .map_or(Duration::from_secs(10), |c| c.interval);
+        let mut idle = false;
+        let mut published = Instant::now();
+        if let Some(c) = &control {
+            self.publish(c.shared, WorkerState::Running);
+            c.shared.ready.store(true, Ordering::Relaxed);
+        }
         while !stop.load(Ordering::Relaxed) {
-            self.poll_once(Duration::from_millis(100))?;
-            if self.last_checkpoint.elapsed() >= interval {
-                self.checkpoint()?;
+            if idle {
+                std::thread::sleep(Duration::from_millis(100));
+            } else {
+                self.poll_once(Duration::from_millis(100))?;
+                if self.last_checkpoint.elapsed() >= interval {
+                    self.checkpoint()?;
+                }
+            }
+            let Some(c) = &control else { continue };
+            while let Ok(command) = c.commands.try_recv() {
+                match command {
+                    Command::Savepoint(request) => {
+                        let result = self.savepoint(&request.id);
+                        let stopped = request.stop && result.is_ok();
+                        c.shared.set_savepoint(match result {
+                            Ok(path) => SavepointResult {
+                                id: request.id,
+                                state: SavepointState::Completed,
+                                path: Some(path),
+                                error: None,
+                            },
+                            Err(e) => SavepointResult {
+                                id: request.id,
+                                state: SavepointState::Failed,
+                                path: None,
+                                error: Some(e.to_string()),
+                            },
+                        });
+                        if stopped {
+                            idle = true;
+                            c.shared.ready.store(false, Ordering::Relaxed);
+                            tracing::info!("stopped with a savepoint; idle until replaced");
+                        }
+                    }
+                }
+            }
+            if published.elapsed() >= Duration::from_millis(500) {
+                self.publish(
+                    c.shared,
+                    if idle {
+                        WorkerState::Idle
+                    } else {
+                        WorkerState::Running
+                    },
+                );
+                published = Instant::now();
             }
         }
-        self.checkpoint()?;
+        if !idle {
+            self.checkpoint()?;
+        }
+        if let Some(c) = &control {
+            self.publish(
+                c.shared,
+                if idle {
+                    WorkerState::Idle
+                } else {
+                    WorkerState::Running
+                },
+            );
+        }
         Ok(())
+    }
+
+    /// Writes the worker's status and metrics for the admin API.
+    fn publish(&mut self, shared: &Shared, state: WorkerState) {
+        let (mut records_in, mut records_out, mut dead) = (0, 0, [0u64; 4]);
+        let mut partitions = Vec::new();
+        let mut state_bytes = 0;
+        for ((topic, partition), slot) in &self.slots {
+            let task = slot.task.state();
+            records_in += task.counters.records_in;
+            records_out += task.counters.records_out;
+            for (d, n) in dead.iter_mut().zip(task.counters.dead_lettered) {
+                *d += n;
+            }
+            state_bytes += slot.task.state_bytes() as u64;
+            partitions.push(PartitionStatus {
+                topic: topic.clone(),
+                partition: *partition,
+                position: slot.position.unwrap_or(-1),
+                stream_time_ms: task.stream_time,
+            });
+        }
+        let m = &shared.metrics;
+        m.records_in
+            .inc_by(records_in.saturating_sub(self.exported.records_in));
+        m.records_out
+            .inc_by(records_out.saturating_sub(self.exported.records_out));
+        for (i, reason) in DeadLetterReason::ALL.iter().enumerate() {
+            m.dead_lettered
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(dead[i].saturating_sub(self.exported.dead_lettered[i]));
+        }
+        m.transactions
+            .get_or_create(&OutcomeLabel { outcome: "commit" })
+            .inc_by(self.commits - self.exported.commits);
+        m.transactions
+            .get_or_create(&OutcomeLabel { outcome: "abort" })
+            .inc_by(self.aborts - self.exported.aborts);
+        m.state_bytes
+            .set(i64::try_from(state_bytes).unwrap_or(i64::MAX));
+        if let Some((report, at_ms)) = &self.last_report {
+            m.checkpoints
+                .inc_by(report.id.saturating_sub(self.exported.checkpoint_id));
+            m.checkpoint_duration_ms
+                .set(i64::try_from(report.duration.as_millis()).unwrap_or(i64::MAX));
+            m.checkpoint_bytes
+                .set(i64::try_from(report.bytes).unwrap_or(i64::MAX));
+            m.last_checkpoint_timestamp_seconds.set(at_ms / 1000);
+            self.exported.checkpoint_id = report.id;
+        }
+        self.exported = Exported {
+            records_in,
+            records_out,
+            dead_lettered: dead,
+            commits: self.commits,
+            aborts: self.aborts,
+            ..self.exported
+        };
+        let last_checkpoint = self.last_report.as_ref().map(|(r, at)| CheckpointSummary {
+            id: r.id,
+            completed_at_ms: *at,
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            size_bytes: r.bytes,
+            path: self
+                .store
+                .as_ref()
+                .map(|s| s.url("state"))
+                .unwrap_or_default(),
+        });
+        if let Ok(mut status) = shared.status.lock() {
+            *status = WorkerStatus {
+                ordinal: self.config.ordinal,
+                assignment_generation: self.config.job.assignment.generation,
+                spec_generation: self.config.job.spec_generation,
+                state,
+                restored_from: match &self.config.job.restore {
+                    Restore::Savepoint { path } => Some(path.clone()),
+                    _ => None,
+                },
+                partitions,
+                last_checkpoint,
+                state_bytes,
+                records_in,
+                records_out,
+                dead_lettered: dead.iter().sum(),
+                error: None,
+            };
+        }
     }
 
     /// Consumes and processes at most one record.
@@ -677,12 +868,15 @@ impl Worker {
                 .map_err(kafka("commit the offsets"))?;
         }
         self.last_checkpoint = Instant::now();
-        Ok(CheckpointReport {
+        self.commits += 1;
+        let report = CheckpointReport {
             id: self.checkpoint_id,
             snapshots,
             bytes,
             duration: started.elapsed(),
-        })
+        };
+        self.last_report = Some((report.clone(), now_ms()));
+        Ok(report)
     }
 
     /// After a failed transaction: abort it and go back to the last committed checkpoint.
@@ -691,6 +885,7 @@ impl Worker {
             self.producer
                 .abort_transaction(self.config.kafka_timeout)
                 .map_err(kafka("abort the transaction"))?;
+            self.aborts += 1;
             self.restore()?;
             self.producer
                 .begin_transaction()
