@@ -125,9 +125,14 @@ impl RunOptions {
 /// Installs the log subscriber: level from `OXBOW_LOG` (or `RUST_LOG`, default `info`), JSON
 /// lines when `OXBOW_LOG_FORMAT=json`.
 pub fn init_logging() {
+    init_logging_default("info");
+}
+
+/// [`init_logging`] with another default level.
+pub fn init_logging_default(level: &str) {
     let filter = std::env::var("OXBOW_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
+        .unwrap_or_else(|_| level.to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

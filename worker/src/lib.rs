@@ -5,4 +5,6 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;
+pub mod examples;
+pub mod local;
 pub mod runtime;

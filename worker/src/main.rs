@@ -13,7 +13,9 @@ const USAGE: &str = "usage:
   oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
   oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT] [--admin-addr ADDR]
                                                   run as a StreamJob's worker (the StatefulSet pod's command)
-  oxbow-worker local <streamjob.yaml>             run a StreamJob locally (not implemented yet)";
+  oxbow-worker local <streamjob.yaml> [--bootstrap HOST:PORT] [--storage URL] [--duration 30s]
+                                                  run a StreamJob locally: embedded broker and, for
+                                                  the shipped examples, generated input";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,13 +35,7 @@ fn main() -> ExitCode {
             }
         },
         ["run", rest @ ..] => run(rest),
-        ["local", ..] => {
-            eprintln!(
-                "oxbow-worker {}: the worker runtime is not implemented yet; `validate` checks a manifest today.",
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::from(2)
-        }
+        ["local", rest @ ..] => local(rest),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
@@ -68,6 +64,25 @@ fn run(args: &[&str]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn local(args: &[&str]) -> ExitCode {
+    oxbow_worker::cli::init_logging_default("warn");
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let options = match oxbow_worker::local::LocalOptions::parse(&args) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("oxbow-worker local: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match oxbow_worker::local::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oxbow-worker local: {e}");
             ExitCode::FAILURE
         }
     }

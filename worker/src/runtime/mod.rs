@@ -233,6 +233,13 @@ impl Worker {
             CompiledPipeline::compile(&spec, job.spec.source.format, job.spec.sink.format)
                 .map(Arc::new)
                 .map_err(|e| RuntimeError::InvalidJob(e.to_string()))?;
+        if spec.pipeline.needs_shuffle() {
+            tracing::warn!(
+                "the pipeline keys records differently from the source partitioning, and the repartition stage is not \
+                 implemented yet: windows are computed per source partition, which is right only when each key lives \
+                 in one partition (declare it with source.partitionedBy)"
+            );
+        }
         let exactly_once = job.spec.sink.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
         let bootstrap = config
             .bootstrap
