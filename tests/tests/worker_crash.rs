@@ -56,12 +56,58 @@ struct Job {
     input: String,
     output: String,
     group: String,
+    env: Vec<(String, String)>,
 }
 
-fn write_job(bootstrap: &str) -> Job {
+/// Where checkpoints go.
+enum Storage {
+    /// A local directory.
+    File,
+    /// The test S3 server, under this prefix of its bucket.
+    S3(String),
+}
+
+fn write_job(bootstrap: &str, storage: &Storage) -> Job {
     let (input, output) = (unique_name("crash-in"), unique_name("crash-out"));
     let dir = std::env::temp_dir().join(unique_name("oxbow-crash"));
     std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+    let (storage_url, env) = match storage {
+        Storage::File => (
+            format!("file://{}", dir.join("checkpoints").display()),
+            Vec::new(),
+        ),
+        Storage::S3(prefix) => {
+            let vars = oxbow_tests::component(oxbow_tests::Component::S3);
+            let bucket = vars.get("OXBOW_TEST_S3_BUCKET").unwrap();
+            // object_store reads its S3 settings from the environment, as in a pod.
+            let env = vec![
+                (
+                    "AWS_ENDPOINT_URL".to_owned(),
+                    vars.get("OXBOW_TEST_S3_ENDPOINT").unwrap().to_owned(),
+                ),
+                ("AWS_ALLOW_HTTP".to_owned(), "true".to_owned()),
+                (
+                    "AWS_ACCESS_KEY_ID".to_owned(),
+                    vars.optional("AWS_ACCESS_KEY_ID")
+                        .unwrap_or("test")
+                        .to_owned(),
+                ),
+                (
+                    "AWS_SECRET_ACCESS_KEY".to_owned(),
+                    vars.optional("AWS_SECRET_ACCESS_KEY")
+                        .unwrap_or("test")
+                        .to_owned(),
+                ),
+                (
+                    "AWS_REGION".to_owned(),
+                    vars.optional("AWS_REGION")
+                        .unwrap_or("us-east-1")
+                        .to_owned(),
+                ),
+            ];
+            (format!("s3://{bucket}/{prefix}"), env)
+        }
+    };
     let yaml = format!(
         r#"
 apiVersion: oxbow.dev/v1alpha1
@@ -77,9 +123,8 @@ spec:
     - window: {{tumbling: 1s}}
       aggregate: {{n: "count()", total: "sum(v)"}}
   sink: {{topic: {output}}}
-  checkpoint: {{storage: "file://{checkpoints}", interval: 300ms}}
-"#,
-        checkpoints = dir.join("checkpoints").display()
+  checkpoint: {{storage: "{storage_url}", interval: 300ms}}
+"#
     );
     let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
     let topics = BTreeMap::from([(input.clone(), PARTITIONS)]);
@@ -101,6 +146,7 @@ spec:
         input,
         output,
         group,
+        env,
     }
 }
 
@@ -108,8 +154,10 @@ fn start_worker(job: &Job) -> Child {
     Command::new(worker_binary())
         .args(["run", "--job"])
         .arg(&job.file)
-        .args(["--ordinal", "0"])
+        .args(["--ordinal", "0", "--admin-addr", "127.0.0.1:0"])
+        .env("OXBOW_ADMIN_TOKEN", "test-token")
         .env("OXBOW_LOG", "warn")
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .unwrap()
 }
@@ -137,8 +185,34 @@ fn committed(bootstrap: &str, job: &Job) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_lose_and_duplicate_nothing() {
+    kills_lose_and_duplicate_nothing(20, Storage::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_on_s3_eight_kills_lose_and_duplicate_nothing() {
+    let prefix = unique_name("crash");
+    kills_lose_and_duplicate_nothing(8, Storage::S3(prefix.clone())).await;
+    // The snapshots are in the bucket, under the job's root.
+    use futures_util::TryStreamExt;
+    use object_store::ObjectStore;
+    let bucket = oxbow_tests::s3::bucket().unwrap();
+    let objects: Vec<_> = bucket
+        .list(Some(&object_store::path::Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.location.as_ref().contains("/state/")
+                && o.location.as_ref().ends_with(".snap")),
+        "{objects:?}"
+    );
+}
+
+async fn kills_lose_and_duplicate_nothing(kills: usize, storage: Storage) {
     let bootstrap = kafka::bootstrap();
-    let job = write_job(&bootstrap);
+    let job = write_job(&bootstrap, &storage);
     kafka::create_topic(&bootstrap, &job.input, PARTITIONS)
         .await
         .unwrap();
@@ -176,9 +250,9 @@ async fn twenty_kills_lose_and_duplicate_nothing() {
         })
     };
 
-    // Twenty SIGKILLs at random moments.
+    // SIGKILLs at random moments.
     let mut seed: u64 = 0x5EED ^ (now_ms() as u64);
-    for _ in 0..20 {
+    for _ in 0..kills {
         let mut child = start_worker(&job);
         seed = seed
             .wrapping_mul(6364136223846793005)
