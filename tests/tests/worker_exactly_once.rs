@@ -320,3 +320,65 @@ async fn a_savepoint_restores_into_two_workers_and_survives_their_restart() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_snapshots_are_disposed_of_beyond_retained() {
+    let bootstrap = kafka::bootstrap();
+    let (input, output) = (unique_name("gc-in"), unique_name("gc-out"));
+    kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
+    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
+    let dir = std::env::temp_dir().join(unique_name("oxbow-retention"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut job = job(&input, &output, &format!("file://{}", dir.display()));
+    job.spec.checkpoint.as_mut().unwrap().retained = 2;
+    let state_dir = dir.join(format!("{}/{}/state/{input}", job.namespace, job.name));
+    let config = WorkerConfig {
+        job,
+        ordinal: 0,
+        bootstrap: Some(bootstrap.clone()),
+        kafka_timeout: Duration::from_secs(30),
+    };
+
+    // Four checkpoints, each with open windows on both partitions (nothing fires: all in [0, 1000)).
+    let mut worker = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Worker::start(config).unwrap())
+            .await
+            .unwrap()
+    };
+    for round in 0..4i64 {
+        let events: Vec<Event> = (0..8).map(|i| (i % 4, i, round * 100 + i)).collect();
+        produce(&bootstrap, &input, &events).await;
+        worker = tokio::task::spawn_blocking(move || {
+            consume(&mut worker, (8 * (round + 1)) as u64);
+            worker.checkpoint().unwrap();
+            worker
+        })
+        .await
+        .unwrap();
+    }
+    let snapshots = |partition: i32| -> usize {
+        std::fs::read_dir(state_dir.join(partition.to_string()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (snapshots(0), snapshots(1)),
+        (2, 2),
+        "retained: 2 keeps two snapshots per partition"
+    );
+
+    // The newest one is what the committed offsets name: a new worker restores from it.
+    tokio::task::spawn_blocking(move || {
+        drop(worker);
+        let restored = Worker::start(config).unwrap();
+        assert_eq!(
+            restored.records_in(),
+            32,
+            "restored every window and counter"
+        );
+    })
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

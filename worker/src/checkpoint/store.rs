@@ -152,6 +152,17 @@ impl CheckpointStore {
             .collect())
     }
 
+    /// Deletes an object; one already gone is fine.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StoreError::Write {
+                url: self.url(key),
+                source,
+            }),
+        }
+    }
+
     /// Reads an object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let read = |source| StoreError::Read {

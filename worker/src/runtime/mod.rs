@@ -151,6 +151,10 @@ struct Slot {
     task: Task,
     /// Next offset to consume; `None` until known.
     position: Option<i64>,
+    /// Snapshots named by this partition's committed checkpoints, oldest first.
+    committed_snapshots: std::collections::VecDeque<String>,
+    /// The snapshot written for the checkpoint in flight.
+    pending_snapshot: Option<String>,
 }
 
 /// The admin API's side of a running worker.
@@ -373,15 +377,17 @@ impl Worker {
                     .as_ref()
                     .is_none_or(|(_, m)| m.generation != generation)
             });
+            let mut committed_snapshots = std::collections::VecDeque::new();
             let (task, position) = match (from_savepoint, committed) {
                 (Some(savepoint), _) => self.task_from_savepoint(savepoint, &topic, partition)?,
                 (None, Some((offset, metadata))) => {
-                    let task = match metadata.snapshot {
+                    let task = match &metadata.snapshot {
                         Some(key) if !stateless => {
-                            self.task_from_snapshot(&key, &topic, partition)?
+                            self.task_from_snapshot(key, &topic, partition)?
                         }
                         _ => Task::new(Arc::clone(&self.pipeline)),
                     };
+                    committed_snapshots.extend(metadata.snapshot);
                     (task, Some(offset))
                 }
                 (None, None) => (Task::new(Arc::clone(&self.pipeline)), None),
@@ -390,8 +396,15 @@ impl Worker {
             assignment
                 .add_partition_offset(&topic, partition, offset)
                 .map_err(kafka("build the assignment"))?;
-            self.slots
-                .insert((topic, partition), Slot { task, position });
+            self.slots.insert(
+                (topic, partition),
+                Slot {
+                    task,
+                    position,
+                    committed_snapshots,
+                    pending_snapshot: None,
+                },
+            );
         }
         self.consumer
             .assign(&assignment)
@@ -813,7 +826,8 @@ impl Worker {
         }
         let mut offsets = TopicPartitionList::new();
         let (mut snapshots, mut bytes) = (0, 0u64);
-        for ((topic, partition), slot) in &self.slots {
+        for ((topic, partition), slot) in &mut self.slots {
+            slot.pending_snapshot = None;
             let Some(position) = slot.position else {
                 continue;
             };
@@ -838,6 +852,7 @@ impl Worker {
                     bytes += snapshot.len() as u64;
                     snapshots += 1;
                     self.io.block_on(store.put_new(&key, snapshot))?;
+                    slot.pending_snapshot = Some(key.clone());
                     Some(key)
                 }
                 _ => None,
@@ -876,6 +891,7 @@ impl Worker {
         }
         self.last_checkpoint = Instant::now();
         self.commits += 1;
+        self.dispose_old_snapshots();
         let report = CheckpointReport {
             id: self.checkpoint_id,
             snapshots,
@@ -884,6 +900,31 @@ impl Worker {
         };
         self.last_report = Some((report.clone(), now_ms()));
         Ok(report)
+    }
+
+    /// Once a checkpoint committed, keeps the last `checkpoint.retained` snapshots of each
+    /// partition and deletes older ones. The newest is the one the committed offset names, so
+    /// it is never deleted; savepoints live elsewhere and are never touched. Failing to delete
+    /// only leaves garbage behind.
+    fn dispose_old_snapshots(&mut self) {
+        let retained = self
+            .spec
+            .checkpoint
+            .as_ref()
+            .map_or(1, |c| c.retained.max(1)) as usize;
+        let Some(store) = &self.store else { return };
+        for slot in self.slots.values_mut() {
+            slot.committed_snapshots
+                .extend(slot.pending_snapshot.take());
+            while slot.committed_snapshots.len() > retained {
+                let Some(old) = slot.committed_snapshots.pop_front() else {
+                    break;
+                };
+                if let Err(e) = self.io.block_on(store.delete(&old)) {
+                    tracing::warn!(error = %e, "failed to dispose of an old snapshot");
+                }
+            }
+        }
     }
 
     /// After a failed transaction: abort it and go back to the last committed checkpoint.
