@@ -13,6 +13,7 @@ use std::{
 use oxbow_crds::{
     assignment::assign,
     jobfile::{JobFile, Restore},
+    streamjob::DeliveryGuarantee,
 };
 use oxbow_tests::{kafka, unique_name};
 use oxbow_worker::runtime::{Worker, WorkerConfig};
@@ -108,62 +109,11 @@ fn expected(events: &[Event]) -> Vec<(i64, i64, i64, i64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_is_resumed_from_its_checkpoint_exactly_once() {
-    let bootstrap = kafka::bootstrap();
-    let (input, output) = (unique_name("eos-in"), unique_name("eos-out"));
-    kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
-    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
-    let dir = std::env::temp_dir().join(unique_name("oxbow-checkpoints"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let job = job(&input, &output, &format!("file://{}", dir.display()));
-    let config = WorkerConfig {
-        job,
-        ordinal: 0,
-        bootstrap: Some(bootstrap.clone()),
-        kafka_timeout: Duration::from_secs(30),
-    };
-
-    // Windows [0, 1000) and [1000, 2000) for keys 0..4, then records at 2000+ that fire them.
-    let [a, b, c] = batches();
-    produce(&bootstrap, &input, &a).await;
-
-    let first = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut worker = Worker::start(config).unwrap();
-            consume(&mut worker, a.len() as u64);
-            let report = worker.checkpoint().unwrap();
-            assert!(report.snapshots >= 1, "{report:?}");
-            worker
-        })
-        .await
-        .unwrap()
-    };
-    produce(&bootstrap, &input, &b).await;
-    let first = tokio::task::spawn_blocking(move || {
-        let mut worker = first;
-        // Consumes B and fires windows into the open transaction, then dies without committing.
-        consume(&mut worker, (40 + 8) as u64);
-        worker
-    })
-    .await
-    .unwrap();
-    std::mem::forget(first); // a SIGKILL: no flush, no abort, no goodbye
-
-    produce(&bootstrap, &input, &c).await;
-    tokio::task::spawn_blocking(move || {
-        let mut second = Worker::start(config).unwrap();
-        // Restored from the checkpoint after A (its counters too): it reads B again, then C.
-        consume(&mut second, (40 + 8 + 4) as u64);
-        second.checkpoint().unwrap();
-    })
-    .await
-    .unwrap();
-
+/// Window rows `(k, window_start - base, n, total)` a `read_committed` reader finds in `topic`.
+fn committed_rows(bootstrap: &str, topic: &str) -> Vec<(i64, i64, i64, i64)> {
     let values = kafka::read_all(
-        &bootstrap,
-        &output,
+        bootstrap,
+        topic,
         1,
         "read_committed",
         Duration::from_secs(3),
@@ -183,15 +133,85 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_exactly_once() {
         })
         .collect();
     rows.sort();
-    let all: Vec<Event> = a_b_c();
-    // The last window of each key ([9000, 10000)) is still open: no record closed it.
-    let want: Vec<_> = expected(&all).into_iter().filter(|r| r.1 < 9000).collect();
-    assert_eq!(rows, want);
-    std::fs::remove_dir_all(&dir).ok();
+    rows
 }
 
-fn a_b_c() -> Vec<Event> {
-    batches().concat()
+/// A worker checkpoints after batch A, consumes batch B (firing windows into its open
+/// transaction), and dies without a goodbye; a successor finishes with batch C. Returns what a
+/// `read_committed` reader finds, and what an uninterrupted run produces.
+async fn kill_and_resume(
+    guarantee: DeliveryGuarantee,
+) -> (Vec<(i64, i64, i64, i64)>, Vec<(i64, i64, i64, i64)>) {
+    let bootstrap = kafka::bootstrap();
+    let (input, output) = (unique_name("eos-in"), unique_name("eos-out"));
+    kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
+    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
+    let dir = std::env::temp_dir().join(unique_name("oxbow-checkpoints"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut job = job(&input, &output, &format!("file://{}", dir.display()));
+    job.spec.sink.delivery_guarantee = guarantee;
+    let config = WorkerConfig {
+        job,
+        ordinal: 0,
+        bootstrap: Some(bootstrap.clone()),
+        kafka_timeout: Duration::from_secs(30),
+    };
+
+    // Windows [0, 1000) and [1000, 2000) for keys 0..4, then records at 2000+ that fire them.
+    let [a, b, c] = batches();
+    produce(&bootstrap, &input, &a).await;
+    let first = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut worker = Worker::start(config).unwrap();
+            consume(&mut worker, 40);
+            let report = worker.checkpoint().unwrap();
+            assert!(report.snapshots >= 1, "{report:?}");
+            worker
+        })
+        .await
+        .unwrap()
+    };
+    produce(&bootstrap, &input, &b).await;
+    let first = tokio::task::spawn_blocking(move || {
+        let mut worker = first;
+        consume(&mut worker, 40 + 8);
+        worker
+    })
+    .await
+    .unwrap();
+    std::mem::forget(first); // a SIGKILL: no flush, no abort, no goodbye
+
+    produce(&bootstrap, &input, &c).await;
+    tokio::task::spawn_blocking(move || {
+        let mut second = Worker::start(config).unwrap();
+        // Restored from the checkpoint after A (its counters too): it reads B again, then C.
+        consume(&mut second, 40 + 8 + 4);
+        second.checkpoint().unwrap();
+    })
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    // The last window of each key ([9000, 10000)) is still open: no record closed it.
+    let want = expected(&batches().concat())
+        .into_iter()
+        .filter(|r| r.1 < 9000)
+        .collect();
+    (committed_rows(&bootstrap, &output), want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_resumed_from_its_checkpoint_exactly_once() {
+    let (got, want) = kill_and_resume(DeliveryGuarantee::ExactlyOnce).await;
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_across_a_kill() {
+    let (got, want) = kill_and_resume(DeliveryGuarantee::AtLeastOnce).await;
+    // Every result arrives, possibly more than once; no wrong result.
+    let got: std::collections::BTreeSet<_> = got.into_iter().collect();
+    assert_eq!(got, want.into_iter().collect());
 }
 
 fn poll_until(workers: &mut [&mut Worker], records_in: u64) {
@@ -285,28 +305,7 @@ async fn a_savepoint_restores_into_two_workers_and_survives_their_restart() {
     .await
     .unwrap();
 
-    let values = kafka::read_all(
-        &bootstrap,
-        &output,
-        1,
-        "read_committed",
-        Duration::from_secs(3),
-    )
-    .unwrap();
-    let mut rows: Vec<(i64, i64, i64, i64)> = values
-        .iter()
-        .map(|v| {
-            let row: serde_json::Value = serde_json::from_str(v).unwrap();
-            let int = |f: &str| row[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
-            (
-                int("k"),
-                int("window_start") - base(),
-                int("n"),
-                int("total"),
-            )
-        })
-        .collect();
-    rows.sort();
+    let rows = committed_rows(&bootstrap, &output);
     let all: Vec<Event> = [a, b, c].concat();
     let want: Vec<_> = expected(&all).into_iter().filter(|r| r.1 < 9000).collect();
     assert_eq!(
@@ -375,83 +374,6 @@ async fn old_snapshots_are_disposed_of_beyond_retained() {
     })
     .await
     .unwrap();
-    std::fs::remove_dir_all(&dir).ok();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_least_once_loses_nothing_across_a_kill() {
-    let bootstrap = kafka::bootstrap();
-    let (input, output) = (unique_name("alo-in"), unique_name("alo-out"));
-    kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
-    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
-    let dir = std::env::temp_dir().join(unique_name("oxbow-alo"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut job = job(&input, &output, &format!("file://{}", dir.display()));
-    job.spec.sink.delivery_guarantee = oxbow_crds::streamjob::DeliveryGuarantee::AtLeastOnce;
-    let config = WorkerConfig {
-        job,
-        ordinal: 0,
-        bootstrap: Some(bootstrap.clone()),
-        kafka_timeout: Duration::from_secs(30),
-    };
-    let [a, b, c] = batches();
-    produce(&bootstrap, &input, &a).await;
-    let first = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut worker = Worker::start(config).unwrap();
-            consume(&mut worker, 40);
-            worker.checkpoint().unwrap();
-            worker
-        })
-        .await
-        .unwrap()
-    };
-    produce(&bootstrap, &input, &b).await;
-    let first = tokio::task::spawn_blocking(move || {
-        let mut worker = first;
-        consume(&mut worker, 48);
-        worker
-    })
-    .await
-    .unwrap();
-    std::mem::forget(first);
-    produce(&bootstrap, &input, &c).await;
-    tokio::task::spawn_blocking(move || {
-        let mut second = Worker::start(config).unwrap();
-        consume(&mut second, 52);
-        second.checkpoint().unwrap();
-    })
-    .await
-    .unwrap();
-
-    let values = kafka::read_all(
-        &bootstrap,
-        &output,
-        1,
-        "read_committed",
-        Duration::from_secs(3),
-    )
-    .unwrap();
-    let got: std::collections::BTreeSet<(i64, i64, i64, i64)> = values
-        .iter()
-        .map(|v| {
-            let row: serde_json::Value = serde_json::from_str(v).unwrap();
-            let int = |f: &str| row[f].as_i64().unwrap();
-            (
-                int("k"),
-                int("window_start") - base(),
-                int("n"),
-                int("total"),
-            )
-        })
-        .collect();
-    let want: std::collections::BTreeSet<_> = expected(&a_b_c())
-        .into_iter()
-        .filter(|r| r.1 < 9000)
-        .collect();
-    // Every result arrives, possibly more than once; no wrong result.
-    assert_eq!(got, want);
     std::fs::remove_dir_all(&dir).ok();
 }
 
