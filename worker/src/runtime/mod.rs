@@ -8,6 +8,8 @@
 //! start a worker fences its predecessor (`init_transactions`), reads the committed offsets,
 //! loads exactly the snapshots they name, and seeks there.
 
+pub mod security;
+
 use std::{
     collections::BTreeMap,
     sync::{
@@ -64,6 +66,9 @@ pub enum RuntimeError {
     /// Checkpoint storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A Kafka credential the spec asks for is not mounted.
+    #[error(transparent)]
+    Credential(#[from] security::MissingCredential),
     /// A snapshot could not be written or read.
     #[error("failed to {action} for {topic}-{partition}: {source}")]
     Snapshot {
@@ -251,6 +256,11 @@ impl Worker {
             .unwrap_or_else(|| job.spec.kafka.bootstrap_servers.clone());
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", &bootstrap);
+        if let Some(sec) = &job.spec.kafka.security {
+            for (k, v) in security::properties(sec, &security::secret_dir())? {
+                base.set(k, v);
+            }
+        }
         for (k, v) in &job.spec.kafka.properties {
             base.set(k, v);
         }
