@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_kafka;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;

@@ -11,6 +11,8 @@ use oxbow_crds::validation::{self, ValidatedSpec};
 const USAGE: &str = "usage:
   oxbow-worker validate <streamjob.yaml>          check a StreamJob manifest
   oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
+  oxbow-worker bench kafka --bootstrap HOST:PORT [--events N]
+                                                  Kafka to Kafka: bare loop vs exactly-once worker (default N = 200000)
   oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT] [--admin-addr ADDR]
                                                   run as a StreamJob's worker (the StatefulSet pod's command)
   oxbow-worker local <streamjob.yaml> [--bootstrap HOST:PORT] [--storage URL] [--duration 30s]
@@ -27,6 +29,16 @@ fn main() -> ExitCode {
     {
         ["validate", path] => validate(path),
         ["bench", "pipeline"] => bench_pipeline(20_000_000),
+        ["bench", "kafka", "--bootstrap", bootstrap] => bench_kafka(bootstrap, 200_000),
+        ["bench", "kafka", "--bootstrap", bootstrap, "--events", n] => {
+            match n.replace('_', "").parse() {
+                Ok(n) => bench_kafka(bootstrap, n),
+                Err(_) => {
+                    eprintln!("--events takes a number of events, got {n:?}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         ["bench", "pipeline", "--events", n] => match n.replace('_', "").parse() {
             Ok(n) => bench_pipeline(n),
             Err(_) => {
@@ -83,6 +95,20 @@ fn local(args: &[&str]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("oxbow-worker local: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_kafka(bootstrap: &str, events: u64) -> ExitCode {
+    oxbow_worker::cli::init_logging_default("warn");
+    match oxbow_worker::bench_kafka::run(bootstrap, events) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("the Kafka benchmark failed: {e}");
             ExitCode::FAILURE
         }
     }
