@@ -8,7 +8,9 @@
 //! start a worker fences its predecessor (`init_transactions`), reads the committed offsets,
 //! loads exactly the snapshots they name, and seeks there.
 
+mod savepoint;
 pub mod security;
+mod status;
 
 use std::{
     collections::BTreeMap,
@@ -20,10 +22,7 @@ use std::{
 };
 
 use oxbow_crds::{
-    checkpoint::{
-        MANIFEST_FORMAT_VERSION, OffsetMetadata, PartitionSnapshot, SavepointManifest, SnapshotKey,
-        savepoint_dir, savepoint_manifest_key, savepoint_snapshot_key,
-    },
+    checkpoint::{OffsetMetadata, SnapshotKey},
     jobfile::{JobFile, Restore},
     streamjob::{DeliveryGuarantee, StartingOffsets},
     validation::{self, ValidatedSpec},
@@ -36,16 +35,12 @@ use rdkafka::{
     producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
 };
 
-use oxbow_crds::admin::{
-    CheckpointSummary, PartitionStatus, SavepointResult, SavepointState, WorkerState, WorkerStatus,
-};
+use oxbow_crds::admin::{SavepointResult, SavepointState, WorkerState};
 
 use crate::{
-    admin::{Command, OutcomeLabel, ReasonLabel, Shared},
+    admin::{Command, Shared},
     checkpoint::store::{CheckpointStore, StoreError},
-    engine::{
-        CompiledPipeline, DeadLetterReason, InputRecord, Output, Task, snapshot::SnapshotError,
-    },
+    engine::{CompiledPipeline, InputRecord, Output, Task, snapshot::SnapshotError},
 };
 
 /// Why the worker stopped or could not start.
@@ -222,6 +217,14 @@ impl std::fmt::Debug for Worker {
             .field("ordinal", &self.config.ordinal)
             .field("partitions", &self.slots.keys().collect::<Vec<_>>())
             .finish()
+    }
+}
+
+fn worker_state(idle: bool) -> WorkerState {
+    if idle {
+        WorkerState::Idle
+    } else {
+        WorkerState::Running
     }
 }
 
@@ -429,147 +432,6 @@ impl Worker {
         }
     }
 
-    /// Every worker manifest of a savepoint, merged by partition.
-    fn read_savepoint(
-        &self,
-        path: &str,
-    ) -> Result<BTreeMap<(String, i32), PartitionSnapshot>, RuntimeError> {
-        let invalid = |reason: String| RuntimeError::Savepoint {
-            path: path.to_owned(),
-            reason,
-        };
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| invalid("the job has no checkpoint.storage".to_owned()))?;
-        let id = path
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default();
-        if store.url(&savepoint_dir(id)) != path.trim_end_matches('/') {
-            return Err(invalid(format!(
-                "it is not a savepoint of this job (expected a path under {})",
-                store.layout().root()
-            )));
-        }
-        let keys = self.io.block_on(store.list(&savepoint_dir(id)))?;
-        let manifests: Vec<&String> = keys.iter().filter(|k| k.ends_with(".json")).collect();
-        if manifests.is_empty() {
-            return Err(invalid(
-                "it has no worker manifests: it does not exist or never completed".to_owned(),
-            ));
-        }
-        let mut partitions = BTreeMap::new();
-        for key in manifests {
-            let bytes = self.io.block_on(store.get(key))?;
-            let manifest: SavepointManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| invalid(format!("manifest {key} does not parse: {e}")))?;
-            if manifest.format_version > MANIFEST_FORMAT_VERSION {
-                return Err(invalid(format!(
-                    "manifest {key} has format {}, newer than this worker's",
-                    manifest.format_version
-                )));
-            }
-            for p in manifest.partitions {
-                partitions.insert((p.topic.clone(), p.partition), p);
-            }
-        }
-        Ok(partitions)
-    }
-
-    fn task_from_snapshot(
-        &self,
-        key: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Task, RuntimeError> {
-        let store = self.store.as_ref().ok_or(RuntimeError::InvalidJob(
-            "committed offsets or a savepoint name snapshots but the job has no checkpoint.storage"
-                .into(),
-        ))?;
-        let bytes = self.io.block_on(store.get(key))?;
-        Task::restore(Arc::clone(&self.pipeline), &bytes).map_err(|source| RuntimeError::Snapshot {
-            action: "restore the snapshot",
-            topic: topic.to_owned(),
-            partition,
-            source,
-        })
-    }
-
-    fn task_from_savepoint(
-        &self,
-        savepoint: &BTreeMap<(String, i32), PartitionSnapshot>,
-        topic: &str,
-        partition: i32,
-    ) -> Result<(Task, Option<i64>), RuntimeError> {
-        // A partition the savepoint does not know (a new partition) starts from startingOffsets.
-        let Some(p) = savepoint.get(&(topic.to_owned(), partition)) else {
-            return Ok((Task::new(Arc::clone(&self.pipeline)), None));
-        };
-        let task = match &p.snapshot {
-            Some(key) => self.task_from_snapshot(key, topic, partition)?,
-            None => Task::new(Arc::clone(&self.pipeline)),
-        };
-        Ok((task, Some(p.next_offset)))
-    }
-
-    /// Takes a savepoint with id `id`: a checkpoint (so that the output up to this point is
-    /// committed with its offsets), then each task's state written under `savepoints/<id>/`
-    /// with a manifest of this worker's partitions and offsets. Returns the savepoint's URL.
-    pub fn savepoint(&mut self, id: &str) -> Result<String, RuntimeError> {
-        self.checkpoint()?;
-        let store = self.store.as_ref().ok_or_else(|| RuntimeError::Savepoint {
-            path: id.to_owned(),
-            reason: "the job has no checkpoint.storage".to_owned(),
-        })?;
-        let mut partitions = Vec::new();
-        for ((topic, partition), slot) in &self.slots {
-            let Some(next_offset) = slot.position else {
-                continue;
-            };
-            let (snapshot, size_bytes) = if slot.task.state().windows.is_empty() {
-                (None, 0)
-            } else {
-                let key = savepoint_snapshot_key(id, topic, *partition);
-                let bytes = slot
-                    .task
-                    .snapshot()
-                    .map_err(|source| RuntimeError::Snapshot {
-                        action: "write the savepoint snapshot",
-                        topic: topic.clone(),
-                        partition: *partition,
-                        source,
-                    })?;
-                let size = bytes.len() as u64;
-                self.io.block_on(store.put_new(&key, bytes))?;
-                (Some(key), size)
-            };
-            partitions.push(PartitionSnapshot {
-                topic: topic.clone(),
-                partition: *partition,
-                next_offset,
-                snapshot,
-                size_bytes,
-            });
-        }
-        let manifest = SavepointManifest {
-            format_version: MANIFEST_FORMAT_VERSION,
-            savepoint_id: id.to_owned(),
-            ordinal: self.config.ordinal,
-            assignment_generation: self.config.job.assignment.generation,
-            created_at_ms: now_ms(),
-            partitions,
-        };
-        let json = serde_json::to_vec(&manifest).map_err(|e| RuntimeError::Savepoint {
-            path: id.to_owned(),
-            reason: e.to_string(),
-        })?;
-        self.io
-            .block_on(store.put_new(&savepoint_manifest_key(id, self.config.ordinal), json))?;
-        Ok(store.url(&savepoint_dir(id)))
-    }
-
     /// Processes records until `stop` is set, checkpointing every interval; takes a final
     /// checkpoint before returning. With `control`, publishes status and metrics to the admin
     /// API and executes its commands; after a stop-with-savepoint it processes nothing more.
@@ -627,14 +489,7 @@ impl Worker {
                 }
             }
             if published.elapsed() >= Duration::from_millis(500) {
-                self.publish(
-                    c.shared,
-                    if idle {
-                        WorkerState::Idle
-                    } else {
-                        WorkerState::Running
-                    },
-                );
+                self.publish(c.shared, worker_state(idle));
                 published = Instant::now();
             }
         }
@@ -642,106 +497,9 @@ impl Worker {
             self.checkpoint()?;
         }
         if let Some(c) = &control {
-            self.publish(
-                c.shared,
-                if idle {
-                    WorkerState::Idle
-                } else {
-                    WorkerState::Running
-                },
-            );
+            self.publish(c.shared, worker_state(idle));
         }
         Ok(())
-    }
-
-    /// Writes the worker's status and metrics for the admin API.
-    fn publish(&mut self, shared: &Shared, state: WorkerState) {
-        let (mut records_in, mut records_out, mut dead) = (0, 0, [0u64; 4]);
-        let mut partitions = Vec::new();
-        let mut state_bytes = 0;
-        for ((topic, partition), slot) in &self.slots {
-            let task = slot.task.state();
-            records_in += task.counters.records_in;
-            records_out += task.counters.records_out;
-            for (d, n) in dead.iter_mut().zip(task.counters.dead_lettered) {
-                *d += n;
-            }
-            state_bytes += slot.task.state_bytes() as u64;
-            partitions.push(PartitionStatus {
-                topic: topic.clone(),
-                partition: *partition,
-                position: slot.position.unwrap_or(-1),
-                stream_time_ms: task.stream_time,
-            });
-        }
-        let m = &shared.metrics;
-        m.records_in
-            .inc_by(records_in.saturating_sub(self.exported.records_in));
-        m.records_out
-            .inc_by(records_out.saturating_sub(self.exported.records_out));
-        for (i, reason) in DeadLetterReason::ALL.iter().enumerate() {
-            m.dead_lettered
-                .get_or_create(&ReasonLabel {
-                    reason: reason.as_str(),
-                })
-                .inc_by(dead[i].saturating_sub(self.exported.dead_lettered[i]));
-        }
-        m.transactions
-            .get_or_create(&OutcomeLabel { outcome: "commit" })
-            .inc_by(self.commits - self.exported.commits);
-        m.transactions
-            .get_or_create(&OutcomeLabel { outcome: "abort" })
-            .inc_by(self.aborts - self.exported.aborts);
-        m.state_bytes
-            .set(i64::try_from(state_bytes).unwrap_or(i64::MAX));
-        if let Some((report, at_ms)) = &self.last_report {
-            m.checkpoints
-                .inc_by(report.id.saturating_sub(self.exported.checkpoint_id));
-            m.checkpoint_duration_ms
-                .set(i64::try_from(report.duration.as_millis()).unwrap_or(i64::MAX));
-            m.checkpoint_bytes
-                .set(i64::try_from(report.bytes).unwrap_or(i64::MAX));
-            m.last_checkpoint_timestamp_seconds.set(at_ms / 1000);
-            self.exported.checkpoint_id = report.id;
-        }
-        self.exported = Exported {
-            records_in,
-            records_out,
-            dead_lettered: dead,
-            commits: self.commits,
-            aborts: self.aborts,
-            ..self.exported
-        };
-        let last_checkpoint = self.last_report.as_ref().map(|(r, at)| CheckpointSummary {
-            id: r.id,
-            completed_at_ms: *at,
-            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
-            size_bytes: r.bytes,
-            path: self
-                .store
-                .as_ref()
-                .map(|s| s.url("state"))
-                .unwrap_or_default(),
-        });
-        if let Ok(mut status) = shared.status.lock() {
-            *status = WorkerStatus {
-                ordinal: self.config.ordinal,
-                assignment_generation: self.config.job.assignment.generation,
-                spec_generation: self.config.job.spec_generation,
-                state,
-                restored_from: match &self.config.job.restore {
-                    Restore::Savepoint { path } => Some(path.clone()),
-                    _ => None,
-                },
-                partitions,
-                last_checkpoint,
-                state_bytes,
-                records_in,
-                records_out,
-                dead_lettered: dead.iter().sum(),
-                error: None,
-            };
-        }
     }
 
     /// Consumes and processes at most one record.

@@ -1,0 +1,104 @@
+//! What a running worker publishes for the admin API: its status and its metrics.
+
+use oxbow_crds::{
+    admin::{CheckpointSummary, PartitionStatus, WorkerState, WorkerStatus},
+    jobfile::Restore,
+};
+
+use super::{Exported, Worker};
+use crate::{
+    admin::{OutcomeLabel, ReasonLabel, Shared},
+    engine::DeadLetterReason,
+};
+
+impl Worker {
+    /// Writes the worker's status and metrics for the admin API.
+    pub(super) fn publish(&mut self, shared: &Shared, state: WorkerState) {
+        let (mut records_in, mut records_out, mut dead) = (0, 0, [0u64; 4]);
+        let mut partitions = Vec::new();
+        let mut state_bytes = 0;
+        for ((topic, partition), slot) in &self.slots {
+            let task = slot.task.state();
+            records_in += task.counters.records_in;
+            records_out += task.counters.records_out;
+            for (d, n) in dead.iter_mut().zip(task.counters.dead_lettered) {
+                *d += n;
+            }
+            state_bytes += slot.task.state_bytes() as u64;
+            partitions.push(PartitionStatus {
+                topic: topic.clone(),
+                partition: *partition,
+                position: slot.position.unwrap_or(-1),
+                stream_time_ms: task.stream_time,
+            });
+        }
+        let m = &shared.metrics;
+        m.records_in
+            .inc_by(records_in.saturating_sub(self.exported.records_in));
+        m.records_out
+            .inc_by(records_out.saturating_sub(self.exported.records_out));
+        for (i, reason) in DeadLetterReason::ALL.iter().enumerate() {
+            m.dead_lettered
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(dead[i].saturating_sub(self.exported.dead_lettered[i]));
+        }
+        m.transactions
+            .get_or_create(&OutcomeLabel { outcome: "commit" })
+            .inc_by(self.commits - self.exported.commits);
+        m.transactions
+            .get_or_create(&OutcomeLabel { outcome: "abort" })
+            .inc_by(self.aborts - self.exported.aborts);
+        m.state_bytes
+            .set(i64::try_from(state_bytes).unwrap_or(i64::MAX));
+        if let Some((report, at_ms)) = &self.last_report {
+            m.checkpoints
+                .inc_by(report.id.saturating_sub(self.exported.checkpoint_id));
+            m.checkpoint_duration_ms
+                .set(i64::try_from(report.duration.as_millis()).unwrap_or(i64::MAX));
+            m.checkpoint_bytes
+                .set(i64::try_from(report.bytes).unwrap_or(i64::MAX));
+            m.last_checkpoint_timestamp_seconds.set(at_ms / 1000);
+            self.exported.checkpoint_id = report.id;
+        }
+        self.exported = Exported {
+            records_in,
+            records_out,
+            dead_lettered: dead,
+            commits: self.commits,
+            aborts: self.aborts,
+            ..self.exported
+        };
+        let last_checkpoint = self.last_report.as_ref().map(|(r, at)| CheckpointSummary {
+            id: r.id,
+            completed_at_ms: *at,
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            size_bytes: r.bytes,
+            path: self
+                .store
+                .as_ref()
+                .map(|s| s.url("state"))
+                .unwrap_or_default(),
+        });
+        if let Ok(mut status) = shared.status.lock() {
+            *status = WorkerStatus {
+                ordinal: self.config.ordinal,
+                assignment_generation: self.config.job.assignment.generation,
+                spec_generation: self.config.job.spec_generation,
+                state,
+                restored_from: match &self.config.job.restore {
+                    Restore::Savepoint { path } => Some(path.clone()),
+                    _ => None,
+                },
+                partitions,
+                last_checkpoint,
+                state_bytes,
+                records_in,
+                records_out,
+                dead_lettered: dead.iter().sum(),
+                error: None,
+            };
+        }
+    }
+}
