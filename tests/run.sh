@@ -12,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 components=()
-[[ -n "${KUBECONFIG:-}" ]] || components+=(k8s)
+# Only an explicit OXBOW_TEST_KUBECONFIG is reused: a KUBECONFIG pointing at a real cluster is
+# never where the tests create their namespaces and CRDs.
+[[ -n "${OXBOW_TEST_KUBECONFIG:-}" ]] || components+=(k8s)
 [[ -n "${OXBOW_TEST_BOOTSTRAP:-}" ]] || components+=(kafka)
 [[ -n "${OXBOW_TEST_S3_ENDPOINT:-}" ]] || components+=(s3)
 

@@ -3,7 +3,7 @@
 #
 #   up.sh [--watch-pid PID] [k8s] [kafka] [s3]      (default: all three)
 #
-#   k8s    etcd + kube-apiserver + kube-controller-manager  -> KUBECONFIG
+#   k8s    etcd + kube-apiserver + kube-controller-manager  -> KUBECONFIG, OXBOW_TEST_KUBECONFIG
 #   kafka  noida-db (Kafka protocol)                          -> OXBOW_TEST_BOOTSTRAP
 #          Tansu                                              -> OXBOW_TEST_BOOTSTRAP_TANSU
 #   s3     moto S3 server (single-threaded) + bucket          -> OXBOW_TEST_S3_ENDPOINT, ...
@@ -250,6 +250,7 @@ EOF
     "https://127.0.0.1:$P_APISERVER/api/v1/namespaces/default/serviceaccounts/default"
 
   export_var KUBECONFIG "$DIR/kubeconfig"
+  export_var OXBOW_TEST_KUBECONFIG "$DIR/kubeconfig"
   log "k8s: apiserver https://127.0.0.1:$P_APISERVER (etcd :$P_ETCD) ready"
 fi
 

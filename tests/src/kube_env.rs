@@ -20,7 +20,7 @@ use crate::{Component, component, eventually, unique_name};
 /// A client for the test control plane, from its kubeconfig.
 pub async fn client() -> anyhow::Result<Client> {
     let vars = component(Component::Kubernetes);
-    let path = vars.get("KUBECONFIG")?;
+    let path = vars.get("OXBOW_TEST_KUBECONFIG")?;
     let kubeconfig =
         Kubeconfig::read_from(path).with_context(|| format!("failed to read kubeconfig {path}"))?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())

@@ -42,7 +42,8 @@ impl Component {
     /// The variable whose presence means the component is already provided.
     fn marker(self) -> &'static str {
         match self {
-            Component::Kubernetes => "KUBECONFIG",
+            // Never plain KUBECONFIG: it may point at a real cluster.
+            Component::Kubernetes => "OXBOW_TEST_KUBECONFIG",
             Component::Kafka => "OXBOW_TEST_BOOTSTRAP",
             Component::S3 => "OXBOW_TEST_S3_ENDPOINT",
         }
