@@ -9,6 +9,7 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::RDKafkaErrorCode,
+    producer::{FutureProducer, FutureRecord},
 };
 
 use crate::{Component, component};
@@ -73,6 +74,26 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyh
         }
         return Ok(());
     }
+}
+
+/// Produces the event `{"k":k,"v":v,"ts":ts}` that the worker tests' window jobs read, to
+/// `partition` of `topic`.
+pub async fn send_event(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    (k, v, ts): (i64, i64, i64),
+) -> anyhow::Result<()> {
+    let value = format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#);
+    let record = FutureRecord::<(), str>::to(topic)
+        .payload(&value)
+        .partition(partition);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("failed to produce to {topic}"))?;
+    Ok(())
 }
 
 /// Reads every record visible at `isolation` ("read_committed" or "read_uncommitted") from

@@ -15,7 +15,7 @@ use oxbow_crds::{
     jobfile::{JobFile, Restore},
 };
 use oxbow_tests::{kafka, unique_name};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 fn worker_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -40,16 +40,8 @@ async fn produce(bootstrap: &str, topic: &str, from: i64, n: i64) {
         .unwrap()
         .as_millis() as i64;
     for i in from..from + n {
-        let value = format!(r#"{{"k":{},"v":{i},"ts":{}}}"#, i % 3, base + i);
-        producer
-            .send(
-                FutureRecord::<(), str>::to(topic)
-                    .payload(&value)
-                    .partition(0),
-                Duration::from_secs(10),
-            )
+        kafka::send_event(&producer, topic, 0, (i % 3, i, base + i))
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
     }
 }

@@ -24,11 +24,16 @@ use oxbow_tests::{kafka, unique_name};
 use rdkafka::{
     TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureProducer,
 };
 
 const KEYS: i64 = 6;
 const PARTITIONS: i32 = 2;
+
+/// Each key lives in one partition.
+fn partition_of(key: i64) -> i32 {
+    (key % PARTITIONS as i64) as i32
+}
 
 /// The worker binary built next to this test.
 fn worker_binary() -> PathBuf {
@@ -231,17 +236,11 @@ async fn kills_lose_and_duplicate_nothing(kills: usize, storage: Storage) {
             let mut i: i64 = 0;
             while !done.load(Ordering::Relaxed) {
                 for _ in 0..20 {
-                    let (k, v, ts) = (i % KEYS, i % 97, base + 25 * i);
-                    let value = format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#);
-                    let record = FutureRecord::<(), str>::to(&input)
-                        .payload(&value)
-                        .partition((k % PARTITIONS as i64) as i32);
-                    producer
-                        .send(record, Duration::from_secs(10))
+                    let event = (i % KEYS, i % 97, base + 25 * i);
+                    kafka::send_event(&producer, &input, partition_of(event.0), event)
                         .await
-                        .map_err(|(e, _)| e)
                         .unwrap();
-                    events.push((k, v, ts));
+                    events.push(event);
                     i += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -270,14 +269,8 @@ async fn kills_lose_and_duplicate_nothing(kills: usize, storage: Storage) {
     let closing = base + 25 * events.len() as i64 + 10_000;
     let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
     for k in 0..KEYS {
-        let value = format!(r#"{{"k":{k},"v":0,"ts":{closing}}}"#);
-        let record = FutureRecord::<(), str>::to(&job.input)
-            .payload(&value)
-            .partition((k % PARTITIONS as i64) as i32);
-        producer
-            .send(record, Duration::from_secs(10))
+        kafka::send_event(&producer, &job.input, partition_of(k), (k, 0, closing))
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
         events.push((k, 0, closing));
     }

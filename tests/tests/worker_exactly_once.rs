@@ -17,7 +17,7 @@ use oxbow_crds::{
 };
 use oxbow_tests::{kafka, unique_name};
 use oxbow_worker::runtime::{Worker, WorkerConfig};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 /// (key, value, event time)
 type Event = (i64, i64, i64);
@@ -69,15 +69,8 @@ fn base() -> i64 {
 async fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
     let producer: FutureProducer = kafka::config(bootstrap).create().unwrap();
     for (k, v, ts) in events {
-        let ts = base() + ts;
-        let value = format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#);
-        let record = FutureRecord::<(), str>::to(topic)
-            .payload(&value)
-            .partition((*k % 2) as i32);
-        producer
-            .send(record, Duration::from_secs(10))
+        kafka::send_event(&producer, topic, (*k % 2) as i32, (*k, *v, base() + ts))
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
     }
 }
