@@ -1,0 +1,11 @@
+//! The Oxbow operator: reconciles StreamJobs into StatefulSets of workers.
+//!
+//! The pure parts, with no client and no clock:
+//!
+//! - [`children`]: the desired StatefulSet, Service, ConfigMap, Secret and PodDisruptionBudget
+//!   of a StreamJob.
+//! - [`diff`]: how a spec change takes effect (ignorable, savepoint, rescale, restart, suspend
+//!   or resume).
+
+pub mod children;
+pub mod diff;
