@@ -59,6 +59,9 @@ pub enum WorkerState {
     Restoring,
     /// Processing records.
     Running,
+    /// Kafka or the checkpoint store failed; the worker went back to its last checkpoint and
+    /// retries with backoff (see `error`). Nothing past the last checkpoint is committed.
+    Retrying,
     /// Stopped after a savepoint; processes nothing until restarted.
     Idle,
     /// Cannot make progress; see `error`.

@@ -3,35 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    collections::BTreeMap,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use oxbow_crds::{
     admin::{SavepointResult, SavepointState, WorkerStatus},
     assignment::assign,
     jobfile::{JobFile, Restore},
 };
-use oxbow_tests::{kafka, unique_name};
+use oxbow_tests::{
+    kafka, unique_name,
+    worker::{self, WorkerProcess},
+};
 use rdkafka::producer::FutureProducer;
-
-fn worker_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("oxbow-worker")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn produce(bootstrap: &str, topic: &str, from: i64, n: i64) {
     let producer: FutureProducer = kafka::config(bootstrap).create().unwrap();
@@ -46,15 +29,10 @@ async fn produce(bootstrap: &str, topic: &str, from: i64, n: i64) {
     }
 }
 
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    worker::eventually(what, Duration::from_secs(60), check)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +50,7 @@ kind: StreamJob
 metadata: {{name: admin}}
 spec:
   kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [{input}], eventTime: {{field: ts}}}}
+  source: {{topics: [{input}], eventTime: {{field: ts}}, partitionedBy: "k"}}
   pipeline:
     - keyBy: "k"
     - window: {{tumbling: 1h}}
@@ -94,20 +72,8 @@ spec:
     );
     let file = dir.join("job.json");
     std::fs::write(&file, serde_json::to_string(&job).unwrap()).unwrap();
-    let port = free_port();
-    let mut child = Command::new(worker_binary())
-        .args(["run", "--job"])
-        .arg(&file)
-        .args([
-            "--ordinal",
-            "0",
-            "--admin-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("OXBOW_ADMIN_TOKEN", "s3cret")
-        .env("OXBOW_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut child = WorkerProcess::start(&file, 0, &[]).unwrap();
+    let port = child.port;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let http = reqwest::Client::new();
     produce(&bootstrap, &input, 0, 10).await;
@@ -139,7 +105,7 @@ spec:
     let status: WorkerStatus = eventually("the status to count 10 records", async || {
         let s: WorkerStatus = http
             .get(url("/v1/status"))
-            .bearer_auth("s3cret")
+            .bearer_auth(worker::TOKEN)
             .send()
             .await
             .ok()?
@@ -162,9 +128,10 @@ spec:
                 .text()
                 .await
                 .ok()?;
-            (text.contains("oxbow_worker_records_in_total 10")
-                && text.contains("oxbow_worker_checkpoints_total"))
-            .then_some(())
+            let counted =
+                format!("oxbow_worker_records_in_total{{topic=\"{input}\",partition=\"0\"}} 10");
+            (text.contains(&counted) && text.contains("oxbow_worker_checkpoints_total"))
+                .then_some(())
         },
     )
     .await;
@@ -172,7 +139,7 @@ spec:
     // Stop with a savepoint.
     let accepted = http
         .post(url("/v1/savepoints"))
-        .bearer_auth("s3cret")
+        .bearer_auth(worker::TOKEN)
         .json(&serde_json::json!({"id": "sp-admin", "stop": true}))
         .send()
         .await
@@ -181,7 +148,7 @@ spec:
     let done: SavepointResult = eventually("the savepoint to complete", async || {
         let r: SavepointResult = http
             .get(url("/v1/savepoints/sp-admin"))
-            .bearer_auth("s3cret")
+            .bearer_auth(worker::TOKEN)
             .send()
             .await
             .ok()?
@@ -206,7 +173,7 @@ spec:
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status: WorkerStatus = http
         .get(url("/v1/status"))
-        .bearer_auth("s3cret")
+        .bearer_auth(worker::TOKEN)
         .send()
         .await
         .unwrap()
@@ -216,7 +183,7 @@ spec:
     assert_eq!(status.records_in, 10, "an idle worker consumes nothing");
     assert_eq!(
         http.get(url("/v1/savepoints/nope"))
-            .bearer_auth("s3cret")
+            .bearer_auth(worker::TOKEN)
             .send()
             .await
             .unwrap()
@@ -224,13 +191,6 @@ spec:
         404
     );
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
+    assert!(child.terminate().unwrap().success());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -33,6 +33,7 @@ spec:
   source:
     topics: [{input}]
     eventTime: {{field: ts, grace: 0s}}
+    partitionedBy: "k"
   pipeline:
     - keyBy: "k"
     - window: {{tumbling: 1s}}

@@ -52,13 +52,29 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of per-partition series (bounded by the job's assignment).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+}
+
 /// The worker's metrics. Labels are bounded: reasons and outcomes are static strings.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Records consumed.
-    pub records_in: Counter,
-    /// Results produced.
-    pub records_out: Counter,
+    /// Records consumed, per input partition.
+    pub records_in: Family<PartitionLabel, Counter>,
+    /// Records produced by the tasks of each input partition: to the sink, or to the shuffle
+    /// topic for the source stage of a repartitioning pipeline.
+    pub records_out: Family<PartitionLabel, Counter>,
+    /// Next offset to consume, per input partition.
+    pub consumer_position: Family<PartitionLabel, Gauge>,
+    /// Checkpoints that failed, by the system that failed.
+    pub checkpoint_failures: Family<ReasonLabel, Counter>,
+    /// 1 while the worker backs off after a failed checkpoint, waiting for Kafka or the store.
+    pub retrying: Gauge,
     /// Records dead-lettered, by reason.
     pub dead_lettered: Family<ReasonLabel, Counter>,
     /// Checkpoints completed.
@@ -78,11 +94,30 @@ pub struct Metrics {
 impl Metrics {
     fn register(self: &Arc<Self>) -> Registry {
         let mut r = Registry::with_prefix("oxbow_worker");
-        r.register("records_in", "Records consumed", self.records_in.clone());
+        r.register(
+            "records_in",
+            "Records consumed, per input partition",
+            self.records_in.clone(),
+        );
         r.register(
             "records_out",
-            "Results produced to the sink",
+            "Records produced by each input partition's task (to the sink, or to the shuffle topic from a source stage)",
             self.records_out.clone(),
+        );
+        r.register(
+            "consumer_position",
+            "Next offset to consume, per input partition",
+            self.consumer_position.clone(),
+        );
+        r.register(
+            "checkpoint_failures",
+            "Checkpoints that failed and were retried, by the system that failed",
+            self.checkpoint_failures.clone(),
+        );
+        r.register(
+            "retrying",
+            "1 while backing off after a failed checkpoint",
+            self.retrying.clone(),
         );
         r.register(
             "dead_lettered",

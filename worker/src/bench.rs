@@ -23,6 +23,7 @@ spec:
   source:
     topics: [events]
     eventTime: {field: ts, format: epochMillis, grace: 0s}
+    partitionedBy: "key"
   pipeline:
     - filter: "amount >= 100"
     - keyBy: "key"

@@ -102,6 +102,45 @@ impl LocalOptions {
     }
 }
 
+/// The namespace local jobs are named in (their consumer group, transactional and shuffle topic
+/// names).
+const LOCAL_NAMESPACE: &str = "local";
+
+/// Creates the job's shuffle topic on a real broker, as the operator does in a cluster.
+fn create_topic_if_missing(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), LocalError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| LocalError::Kafka("connect to the broker", e))?;
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LocalError::Manifest(format!("failed to start a runtime: {e}")))?;
+    let results = io
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .map_err(|e| LocalError::Kafka("create the shuffle topic", e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(LocalError::Kafka(
+                    "create the shuffle topic",
+                    rdkafka::error::KafkaError::AdminOp(code),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Partitions of each source topic on the embedded broker.
 const LOCAL_PARTITIONS: i32 = 2;
 
@@ -125,12 +164,13 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
         .clone()
         .unwrap_or_else(|| "local".to_owned());
     let mut spec = manifest.spec;
-    if let Err(e) = oxbow_crds::validation::validate(&spec) {
-        return Err(LocalError::Manifest(format!(
-            "{} is invalid: {e}",
-            options.manifest.display()
-        )));
-    }
+    let valid = oxbow_crds::validation::validate(&spec).map_err(|e| {
+        LocalError::Manifest(format!("{} is invalid: {e}", options.manifest.display()))
+    })?;
+    let shuffle = valid
+        .pipeline
+        .needs_shuffle()
+        .then(|| oxbow_crds::names::shuffle_topic(LOCAL_NAMESPACE, &name));
 
     // The broker: embedded unless --bootstrap.
     let (mock, bootstrap) = match &options.bootstrap {
@@ -155,6 +195,11 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
             m.create_topic(&d.topic, 1, 1)
                 .map_err(|e| LocalError::Kafka("create the dead-letter topic", e))?;
         }
+        if let Some(topic) = &shuffle {
+            m.create_topic(topic, LOCAL_PARTITIONS, 1)
+                .map_err(|e| LocalError::Kafka("create the shuffle topic", e))?;
+            topics.insert(topic.clone(), LOCAL_PARTITIONS);
+        }
         // The embedded broker keeps no transaction state: results are delivered at least once.
         spec.sink.delivery_guarantee = DeliveryGuarantee::AtLeastOnce;
     } else {
@@ -176,6 +221,11 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
                 )));
             }
             topics.insert(topic.clone(), i32::try_from(partitions).unwrap_or(i32::MAX));
+        }
+        if let Some(topic) = &shuffle {
+            let partitions = topics.values().copied().max().unwrap_or(1);
+            create_topic_if_missing(&bootstrap, topic, partitions)?;
+            topics.insert(topic.clone(), partitions);
         }
     }
 
@@ -232,7 +282,7 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
     let printer = spawn_printer(&bootstrap, &spec.sink.topic, Arc::clone(&stop))?;
 
     let job = JobFile::new(
-        "local",
+        LOCAL_NAMESPACE,
         &name,
         1,
         spec,

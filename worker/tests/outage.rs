@@ -55,7 +55,7 @@ kind: StreamJob
 metadata: {{name: outage}}
 spec:
   kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [in], eventTime: {{field: ts}}}}
+  source: {{topics: [in], eventTime: {{field: ts}}, partitionedBy: "k"}}
   pipeline:
     - keyBy: "k"
     - window: {{tumbling: 1s}}

@@ -34,6 +34,14 @@ pub enum StoreError {
         /// The object.
         url: String,
     },
+    /// The store did not answer in time.
+    #[error("checkpoint storage did not answer within {after:?} while accessing {url}")]
+    Timeout {
+        /// The object or prefix.
+        url: String,
+        /// The time allowed.
+        after: std::time::Duration,
+    },
     /// A read failed.
     #[error("failed to read {url}: {source}")]
     Read {
@@ -49,11 +57,18 @@ impl StoreError {
     /// Whether retrying may help (the store was unreachable), as opposed to a configuration
     /// or data problem.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Write { source, .. } | StoreError::Read { source, .. }
-                if matches!(source, object_store::Error::Generic { .. })
-        )
+        match self {
+            StoreError::Timeout { .. } => true,
+            StoreError::Write { source, .. } | StoreError::Read { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+            ),
+            StoreError::Open { .. } | StoreError::Exists { .. } => false,
+        }
     }
 }
 
@@ -63,7 +78,11 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
     layout: JobStorage,
+    timeout: std::time::Duration,
 }
+
+/// How long one storage operation may take unless told otherwise.
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl CheckpointStore {
     /// Opens `storage_url` for `namespace/job`, configured from the environment (`AWS_*`,
@@ -86,7 +105,30 @@ impl CheckpointStore {
             store,
             root,
             layout,
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Bounds every operation (including object_store's own retries) by `timeout`, so that an
+    /// unreachable store fails a checkpoint in time rather than stalling the worker.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        key: &str,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Timeout {
+                    url: self.url(key),
+                    after: self.timeout,
+                })
+            })
     }
 
     /// The URL of the object at `key` (relative to the job root).
@@ -107,6 +149,10 @@ impl CheckpointStore {
 
     /// Writes a new object; fails if `key` exists.
     pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.bounded(key, self.put_new_unbounded(key, bytes)).await
+    }
+
+    async fn put_new_unbounded(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let options = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -129,6 +175,10 @@ impl CheckpointStore {
 
     /// Keys (relative to the job root) of the objects under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.bounded(prefix, self.list_unbounded(prefix)).await
+    }
+
+    async fn list_unbounded(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         use futures_util::TryStreamExt;
         let base = self.path(prefix);
         let objects: Vec<object_store::ObjectMeta> = self
@@ -154,6 +204,10 @@ impl CheckpointStore {
 
     /// Deletes an object; one already gone is fine.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.bounded(key, self.delete_unbounded(key)).await
+    }
+
+    async fn delete_unbounded(&self, key: &str) -> Result<(), StoreError> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(StoreError::Write {
@@ -165,6 +219,10 @@ impl CheckpointStore {
 
     /// Reads an object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.bounded(key, self.get_unbounded(key)).await
+    }
+
+    async fn get_unbounded(&self, key: &str) -> Result<Bytes, StoreError> {
         let read = |source| StoreError::Read {
             url: self.url(key),
             source,

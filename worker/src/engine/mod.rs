@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod expr;
 pub mod snapshot;
+pub mod stages;
 pub mod task;
 pub mod value;
 pub mod window;

@@ -364,6 +364,10 @@ pub struct TaskState {
     pub counters: TaskCounters,
 }
 
+/// What identifies a task's state for snapshot reuse: records taken, stream time, open
+/// windows.
+pub type Revision = (u64, Option<i64>, usize);
+
 /// One partition's pipeline with its state.
 pub struct Task {
     pipeline: Arc<CompiledPipeline>,
@@ -412,6 +416,22 @@ impl Task {
     /// The state (for status and tests).
     pub fn state(&self) -> &TaskState {
         &self.state
+    }
+
+    /// Whether the task holds state a restore needs: open windows, or the stream time that
+    /// decides which records are late. Stateless pipelines never need a snapshot.
+    pub fn needs_snapshot(&self) -> bool {
+        self.pipeline.window.is_some() && self.state.stream_time.is_some()
+    }
+
+    /// Changes whenever the snapshot would: records taken, stream time, windows open. Lets the
+    /// runtime reuse the previous snapshot of a partition that did not move.
+    pub fn revision(&self) -> Revision {
+        (
+            self.state.counters.records_in,
+            self.state.stream_time,
+            self.state.windows.len(),
+        )
     }
 
     /// Approximate bytes of state held in memory.

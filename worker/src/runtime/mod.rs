@@ -40,7 +40,9 @@ use oxbow_crds::admin::{SavepointResult, SavepointState, WorkerState};
 use crate::{
     admin::{Command, Shared},
     checkpoint::store::{CheckpointStore, StoreError},
-    engine::{CompiledPipeline, InputRecord, Output, Task, snapshot::SnapshotError},
+    engine::{
+        CompiledPipeline, InputRecord, Output, Task, snapshot::SnapshotError, stages::Stages,
+    },
 };
 
 /// Why the worker stopped or could not start.
@@ -96,6 +98,56 @@ pub enum RuntimeError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl RuntimeError {
+    /// Whether retrying may help: Kafka or the store was unreachable or failed a request, as
+    /// opposed to a bad job, a fenced worker, foreign data or a fatal producer error.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RuntimeError::Kafka { source, .. } => match source {
+                KafkaError::Transaction(e) => !e.is_fatal(),
+                KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => false,
+                _ => true,
+            },
+            RuntimeError::Store(e) => e.is_transient(),
+            RuntimeError::Delivery(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A static label for metrics: which system failed.
+    pub fn system(&self) -> &'static str {
+        match self {
+            RuntimeError::Kafka { .. } | RuntimeError::Delivery(_) | RuntimeError::Fenced => {
+                "kafka"
+            }
+            RuntimeError::Store(_) | RuntimeError::Snapshot { .. } => "store",
+            _ => "job",
+        }
+    }
+}
+
+/// Backoff between attempts to recover from a failed checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay before the next attempt; doubles each time up to [`Backoff::MAX`].
+    fn step(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
 }
 
 fn kafka(action: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
@@ -155,6 +207,10 @@ struct Slot {
     committed_snapshots: std::collections::VecDeque<String>,
     /// The snapshot written for the checkpoint in flight.
     pending_snapshot: Option<String>,
+    /// Records in and out already exported as metrics.
+    exported: (u64, u64),
+    /// The newest snapshot of this partition and the task revision it captured.
+    last_snapshot: Option<(crate::engine::task::Revision, String)>,
 }
 
 /// The admin API's side of a running worker.
@@ -169,8 +225,6 @@ pub struct Control<'a> {
 /// Totals already exported as metrics.
 #[derive(Debug, Default, Clone, Copy)]
 struct Exported {
-    records_in: u64,
-    records_out: u64,
     dead_lettered: [u64; 4],
     commits: u64,
     aborts: u64,
@@ -194,7 +248,9 @@ pub struct CheckpointReport {
 pub struct Worker {
     config: WorkerConfig,
     spec: ValidatedSpec,
-    pipeline: Arc<CompiledPipeline>,
+    stages: Stages,
+    /// The job's repartition topic, when the pipeline has a shuffle stage.
+    shuffle_topic: Option<String>,
     consumer: BaseConsumer,
     producer: ThreadedProducer<DeliveryTracker>,
     store: Option<CheckpointStore>,
@@ -209,6 +265,10 @@ pub struct Worker {
     commits: u64,
     aborts: u64,
     exported: Exported,
+    /// The last transient failure, until a checkpoint succeeds again.
+    last_error: Option<String>,
+    /// The open transaction failed and must be aborted before going on.
+    needs_abort: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -241,17 +301,12 @@ impl Worker {
         let job = &config.job;
         let spec = validation::validate(&job.spec.clone())
             .map_err(|e| RuntimeError::InvalidJob(e.to_string()))?;
-        let pipeline =
-            CompiledPipeline::compile(&spec, job.spec.source.format, job.spec.sink.format)
-                .map(Arc::new)
-                .map_err(|e| RuntimeError::InvalidJob(e.to_string()))?;
-        if spec.pipeline.needs_shuffle() {
-            tracing::warn!(
-                "the pipeline keys records differently from the source partitioning, and the repartition stage is not \
-                 implemented yet: windows are computed per source partition, which is right only when each key lives \
-                 in one partition (declare it with source.partitionedBy)"
-            );
-        }
+        let stages = Stages::compile(&spec, job.spec.source.format, job.spec.sink.format)
+            .map_err(|e| RuntimeError::InvalidJob(e.to_string()))?;
+        let shuffle_topic = stages
+            .shuffle
+            .as_ref()
+            .map(|_| oxbow_crds::names::shuffle_topic(&job.namespace, &job.name));
         let exactly_once = job.spec.sink.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
         let bootstrap = config
             .bootstrap
@@ -303,7 +358,10 @@ impl Worker {
         let store = spec
             .checkpoint
             .as_ref()
-            .map(|c| CheckpointStore::open(&c.storage, &job.namespace, &job.name))
+            .map(|c| {
+                CheckpointStore::open(&c.storage, &job.namespace, &job.name)
+                    .map(|store| store.with_timeout(c.timeout))
+            })
             .transpose()?;
         let io = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -318,7 +376,8 @@ impl Worker {
         let mut worker = Worker {
             config,
             spec,
-            pipeline,
+            stages,
+            shuffle_topic,
             consumer,
             producer,
             store,
@@ -333,6 +392,8 @@ impl Worker {
             commits: 0,
             aborts: 0,
             exported: Exported::default(),
+            last_error: None,
+            needs_abort: false,
         };
         worker.restore()?;
         if worker.exactly_once {
@@ -391,24 +452,30 @@ impl Worker {
                     .is_none_or(|(_, m)| m.generation != generation)
             });
             let mut committed_snapshots = std::collections::VecDeque::new();
+            let mut last_snapshot = None;
             let (task, position) = match (from_savepoint, committed) {
                 (Some(savepoint), _) => self.task_from_savepoint(savepoint, &topic, partition)?,
                 (None, Some((offset, metadata))) => {
                     let task = match &metadata.snapshot {
                         Some(key) if !stateless => {
-                            self.task_from_snapshot(key, &topic, partition)?
+                            let task = self.task_from_snapshot(key, &topic, partition)?;
+                            last_snapshot = Some((task.revision(), key.clone()));
+                            task
                         }
-                        _ => Task::new(Arc::clone(&self.pipeline)),
+                        _ => Task::new(self.pipeline_for(&topic)),
                     };
                     committed_snapshots.extend(metadata.snapshot);
                     (task, Some(offset))
                 }
-                (None, None) => (Task::new(Arc::clone(&self.pipeline)), None),
+                (None, None) => (Task::new(self.pipeline_for(&topic)), None),
             };
-            let offset = position.map_or(self.starting_offset(), Offset::Offset);
+            let offset = position.map_or(self.starting_offset(&topic), Offset::Offset);
             assignment
                 .add_partition_offset(&topic, partition, offset)
                 .map_err(kafka("build the assignment"))?;
+            // Metrics count what this process does, not what the restored state had counted.
+            let counters = &task.state().counters;
+            let exported = (counters.records_in, counters.records_out);
             self.slots.insert(
                 (topic, partition),
                 Slot {
@@ -416,6 +483,8 @@ impl Worker {
                     position,
                     committed_snapshots,
                     pending_snapshot: None,
+                    exported,
+                    last_snapshot,
                 },
             );
         }
@@ -425,7 +494,25 @@ impl Worker {
         Ok(())
     }
 
-    fn starting_offset(&self) -> Offset {
+    /// The stage that runs on `topic`'s partitions.
+    pub(crate) fn pipeline_for(&self, topic: &str) -> Arc<CompiledPipeline> {
+        match (&self.stages.shuffle, self.is_shuffle(topic)) {
+            (Some(shuffle), true) => Arc::clone(shuffle),
+            _ => Arc::clone(&self.stages.source),
+        }
+    }
+
+    fn is_shuffle(&self, topic: &str) -> bool {
+        self.shuffle_topic.as_deref() == Some(topic)
+    }
+
+    /// Where a partition without committed offsets starts: the shuffle topic from its
+    /// beginning (everything in it is this job's own committed output), source topics per
+    /// `startingOffsets`.
+    fn starting_offset(&self, topic: &str) -> Offset {
+        if self.is_shuffle(topic) {
+            return Offset::Beginning;
+        }
         match self.config.job.spec.source.starting_offsets {
             StartingOffsets::Earliest => Offset::Beginning,
             StartingOffsets::Latest => Offset::End,
@@ -447,6 +534,9 @@ impl Worker {
             .map_or(Duration::from_secs(10), |c| c.interval);
         let mut idle = false;
         let mut published = Instant::now();
+        let mut backoff = Backoff::new();
+        // While set: the time of the next attempt to go back to the last checkpoint.
+        let mut recovering: Option<Instant> = None;
         if let Some(c) = &control {
             self.publish(c.shared, WorkerState::Running);
             c.shared.ready.store(true, Ordering::Relaxed);
@@ -454,17 +544,64 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             if idle {
                 std::thread::sleep(Duration::from_millis(100));
+            } else if let Some(at) = recovering {
+                if Instant::now() < at {
+                    std::thread::sleep(Duration::from_millis(100));
+                } else {
+                    match self.recover() {
+                        Ok(()) => {
+                            tracing::info!("went back to the last checkpoint; processing again");
+                            recovering = None;
+                        }
+                        Err(e) if e.is_transient() => {
+                            recovering = Some(self.failed(&e, &mut backoff, control.as_ref()));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             } else {
-                self.poll_once(Duration::from_millis(100))?;
-                if self.last_checkpoint.elapsed() >= interval {
-                    self.checkpoint()?;
+                let step = self.poll_once(Duration::from_millis(100)).and_then(|()| {
+                    if self.last_checkpoint.elapsed() >= interval {
+                        self.checkpoint().map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                });
+                match step {
+                    Ok(Some(_)) => {
+                        if self.last_error.take().is_some() {
+                            tracing::info!("checkpoint completed; recovered");
+                            backoff = Backoff::new();
+                        }
+                        if let Some(c) = &control {
+                            c.shared.metrics.retrying.set(0);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.is_transient() => {
+                        recovering = Some(self.failed(&e, &mut backoff, control.as_ref()));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             let Some(c) = &control else { continue };
             while let Ok(command) = c.commands.try_recv() {
                 match command {
                     Command::Savepoint(request) => {
-                        let result = self.savepoint(&request.id);
+                        let result = match (&self.last_error, recovering) {
+                            (Some(error), Some(_)) => Err(RuntimeError::Savepoint {
+                                path: request.id.clone(),
+                                reason: format!(
+                                    "the worker is retrying after a failure ({error}); try again once it has recovered"
+                                ),
+                            }),
+                            _ => self.savepoint(&request.id),
+                        };
+                        if let Err(e) = &result
+                            && e.is_transient()
+                        {
+                            recovering = Some(self.failed(e, &mut backoff, Some(c)));
+                        }
                         let stopped = request.stop && result.is_ok();
                         c.shared.set_savepoint(match result {
                             Ok(path) => SavepointResult {
@@ -489,17 +626,53 @@ impl Worker {
                 }
             }
             if published.elapsed() >= Duration::from_millis(500) {
-                self.publish(c.shared, worker_state(idle));
+                let state = if self.last_error.is_some() {
+                    WorkerState::Retrying
+                } else {
+                    worker_state(idle)
+                };
+                self.publish(c.shared, state);
                 published = Instant::now();
             }
         }
-        if !idle {
+        // A worker that is recovering has nothing valid to commit: its open transaction is
+        // aborted by the successor's fencing, and processing resumes from the last checkpoint.
+        if !idle && recovering.is_none() {
             self.checkpoint()?;
         }
         if let Some(c) = &control {
             self.publish(c.shared, worker_state(idle));
         }
         Ok(())
+    }
+
+    /// Records a transient failure: logs it, counts it, and schedules the next attempt to go
+    /// back to the last checkpoint. Output of the failed transaction is never committed.
+    fn failed(
+        &mut self,
+        error: &RuntimeError,
+        backoff: &mut Backoff,
+        control: Option<&Control<'_>>,
+    ) -> Instant {
+        let delay = backoff.step();
+        tracing::warn!(
+            error = %error,
+            system = error.system(),
+            retry_in_ms = delay.as_millis() as u64,
+            "checkpoint failed; going back to the last completed checkpoint and retrying"
+        );
+        if let Some(c) = control {
+            let m = &c.shared.metrics;
+            m.checkpoint_failures
+                .get_or_create(&crate::admin::ReasonLabel {
+                    reason: error.system(),
+                })
+                .inc();
+            m.retrying.set(1);
+        }
+        self.last_error = Some(error.to_string());
+        self.needs_abort = true;
+        Instant::now() + delay
     }
 
     /// Consumes and processes at most one record.
@@ -509,73 +682,34 @@ impl Worker {
             Some(Ok(message)) => {
                 let key = (message.topic().to_owned(), message.partition());
                 if let Some(slot) = self.slots.get_mut(&key) {
+                    let timestamp_ms = match &self.shuffle_topic {
+                        Some(shuffle) if *shuffle == key.0 => shuffled_event_time(&message),
+                        _ => message.timestamp().to_millis(),
+                    };
                     let record = InputRecord {
                         key: message.key(),
                         value: message.payload(),
-                        timestamp_ms: message.timestamp().to_millis(),
+                        timestamp_ms,
                         partition: message.partition(),
                         offset: message.offset(),
                     };
                     slot.task.process(&record, now, &mut self.output);
                     slot.position = Some(message.offset() + 1);
+                    let to = destination(&self.config.job, self.shuffle_topic.as_deref(), &key.0);
+                    send_output(&self.producer, to, &mut self.output)?;
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                for slot in self.slots.values_mut() {
-                    slot.task.on_idle(now, &mut self.output);
+                let topics: Vec<(String, i32)> = self.slots.keys().cloned().collect();
+                for key in topics {
+                    if let Some(slot) = self.slots.get_mut(&key) {
+                        slot.task.on_idle(now, &mut self.output);
+                    }
+                    let to = destination(&self.config.job, self.shuffle_topic.as_deref(), &key.0);
+                    send_output(&self.producer, to, &mut self.output)?;
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error; librdkafka retries"),
-        }
-        self.send_output()
-    }
-
-    fn send_output(&mut self) -> Result<(), RuntimeError> {
-        let sink = self.config.job.spec.sink.topic.clone();
-        for record in self.output.records.drain(..) {
-            let mut r = BaseRecord::<[u8], [u8]>::to(&sink)
-                .payload(&record.value)
-                .timestamp(record.timestamp_ms);
-            if let Some(key) = &record.key {
-                r = r.key(key);
-            }
-            send(&self.producer, r)?;
-        }
-        let dead_letter = self
-            .config
-            .job
-            .spec
-            .dead_letter
-            .as_ref()
-            .map(|d| d.topic.clone());
-        for d in self.output.dead_letters.drain(..) {
-            let Some(topic) = &dead_letter else { continue };
-            let offset = d.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "oxbow.error.reason",
-                    value: Some(d.reason.as_str()),
-                })
-                .insert(Header {
-                    key: "oxbow.error.step",
-                    value: Some(&*d.step),
-                })
-                .insert(Header {
-                    key: "oxbow.error.message",
-                    value: Some(&d.message),
-                })
-                .insert(Header {
-                    key: "oxbow.source.offset",
-                    value: Some(&offset),
-                });
-            let mut r = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
-            if let Some(v) = &d.value {
-                r = r.payload(v);
-            }
-            if let Some(k) = &d.key {
-                r = r.key(k);
-            }
-            send(&self.producer, r)?;
         }
         Ok(())
     }
@@ -589,7 +723,6 @@ impl Worker {
             .map_err(kafka("flush the producer"))?;
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
-            self.recover()?;
             return Err(RuntimeError::Delivery(failed));
         }
         let mut offsets = TopicPartitionList::new();
@@ -599,8 +732,14 @@ impl Worker {
             let Some(position) = slot.position else {
                 continue;
             };
-            let metadata = match (&self.store, slot.task.state().windows.is_empty()) {
-                (Some(store), false) => {
+            let reusable = slot
+                .last_snapshot
+                .as_ref()
+                .filter(|(revision, _)| *revision == slot.task.revision())
+                .map(|(_, key)| key.clone());
+            let metadata = match &self.store {
+                Some(_) if reusable.is_some() => reusable,
+                Some(store) if slot.task.needs_snapshot() => {
                     let key = SnapshotKey {
                         topic: topic.clone(),
                         partition: *partition,
@@ -621,6 +760,7 @@ impl Worker {
                     snapshots += 1;
                     self.io.block_on(store.put_new(&key, snapshot))?;
                     slot.pending_snapshot = Some(key.clone());
+                    slot.last_snapshot = Some((slot.task.revision(), key.clone()));
                     Some(key)
                 }
                 _ => None,
@@ -695,18 +835,26 @@ impl Worker {
         }
     }
 
-    /// After a failed transaction: abort it and go back to the last committed checkpoint.
+    /// After a failed checkpoint: abort the open transaction and go back to the last committed
+    /// checkpoint (state and offsets), so that the records since are processed again. Safe to
+    /// call again after it failed part-way.
     fn recover(&mut self) -> Result<(), RuntimeError> {
-        if self.exactly_once {
+        if self.exactly_once && self.needs_abort {
             self.producer
                 .abort_transaction(self.config.kafka_timeout)
                 .map_err(kafka("abort the transaction"))?;
             self.aborts += 1;
-            self.restore()?;
+            self.needs_abort = false;
+        }
+        // Drop output produced for the aborted transaction but not yet handed to librdkafka.
+        self.output.clear();
+        self.restore()?;
+        if self.exactly_once {
             self.producer
                 .begin_transaction()
                 .map_err(kafka("begin a transaction"))?;
         }
+        self.last_checkpoint = Instant::now();
         Ok(())
     }
 
@@ -717,6 +865,101 @@ impl Worker {
             .map(|s| s.task.state().counters.records_in)
             .sum()
     }
+}
+
+/// Where the output of the tasks of `topic` goes: source-stage results to the shuffle topic
+/// when there is one, otherwise to the sink.
+fn destination<'a>(job: &'a JobFile, shuffle: Option<&'a str>, topic: &str) -> Destination<'a> {
+    let results = match shuffle {
+        Some(shuffle) if shuffle != topic => shuffle,
+        _ => job.spec.sink.topic.as_str(),
+    };
+    Destination {
+        results,
+        shuffle: shuffle.is_some_and(|s| s != topic),
+        dead_letters: job.spec.dead_letter.as_ref().map(|d| d.topic.as_str()),
+    }
+}
+
+/// The header carrying a shuffled record's event time (8 bytes, big-endian epoch ms). The Kafka
+/// timestamp would do only until a broker or topic uses `LogAppendTime`.
+const EVENT_TIME_HEADER: &str = "oxbow.event-time";
+
+/// The event time the source stage wrote with a shuffled record.
+fn shuffled_event_time(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {
+    use rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == EVENT_TIME_HEADER)
+        .and_then(|h| <[u8; 8]>::try_from(h.value?).ok())
+        .map(i64::from_be_bytes)
+        .or_else(|| message.timestamp().to_millis())
+}
+
+/// The topics a task's output goes to.
+#[derive(Debug, Clone, Copy)]
+struct Destination<'a> {
+    results: &'a str,
+    /// Results go to the shuffle topic.
+    shuffle: bool,
+    dead_letters: Option<&'a str>,
+}
+
+/// Produces a task's results and dead letters into the open transaction.
+fn send_output(
+    producer: &ThreadedProducer<DeliveryTracker>,
+    to: Destination<'_>,
+    output: &mut Output,
+) -> Result<(), RuntimeError> {
+    for record in output.records.drain(..) {
+        let mut r = BaseRecord::<[u8], [u8]>::to(to.results)
+            .payload(&record.value)
+            .timestamp(record.timestamp_ms);
+        if to.shuffle {
+            let event_time = record.timestamp_ms.to_be_bytes();
+            r = r.headers(OwnedHeaders::new().insert(Header {
+                key: EVENT_TIME_HEADER,
+                value: Some(&event_time[..]),
+            }));
+        }
+        if let Some(key) = &record.key {
+            r = r.key(key);
+        }
+        send(producer, r)?;
+    }
+    for d in output.dead_letters.drain(..) {
+        let Some(topic) = to.dead_letters else {
+            continue;
+        };
+        let offset = d.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "oxbow.error.reason",
+                value: Some(d.reason.as_str()),
+            })
+            .insert(Header {
+                key: "oxbow.error.step",
+                value: Some(&*d.step),
+            })
+            .insert(Header {
+                key: "oxbow.error.message",
+                value: Some(&d.message),
+            })
+            .insert(Header {
+                key: "oxbow.source.offset",
+                value: Some(&offset),
+            });
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(v) = &d.value {
+            r = r.payload(v);
+        }
+        if let Some(k) = &d.key {
+            r = r.key(k);
+        }
+        send(producer, r)?;
+    }
+    Ok(())
 }
 
 fn send(

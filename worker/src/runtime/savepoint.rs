@@ -1,6 +1,6 @@
 //! Savepoints: writing them, and restoring a new generation from one.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use oxbow_crds::checkpoint::{
     MANIFEST_FORMAT_VERSION, PartitionSnapshot, SavepointManifest, savepoint_dir,
@@ -71,7 +71,7 @@ impl Worker {
                 .into(),
         ))?;
         let bytes = self.io.block_on(store.get(key))?;
-        Task::restore(Arc::clone(&self.pipeline), &bytes).map_err(|source| RuntimeError::Snapshot {
+        Task::restore(self.pipeline_for(topic), &bytes).map_err(|source| RuntimeError::Snapshot {
             action: "restore the snapshot",
             topic: topic.to_owned(),
             partition,
@@ -87,11 +87,11 @@ impl Worker {
     ) -> Result<(Task, Option<i64>), RuntimeError> {
         // A partition the savepoint does not know (a new partition) starts from startingOffsets.
         let Some(p) = savepoint.get(&(topic.to_owned(), partition)) else {
-            return Ok((Task::new(Arc::clone(&self.pipeline)), None));
+            return Ok((Task::new(self.pipeline_for(topic)), None));
         };
         let task = match &p.snapshot {
             Some(key) => self.task_from_snapshot(key, topic, partition)?,
-            None => Task::new(Arc::clone(&self.pipeline)),
+            None => Task::new(self.pipeline_for(topic)),
         };
         Ok((task, Some(p.next_offset)))
     }
@@ -110,7 +110,7 @@ impl Worker {
             let Some(next_offset) = slot.position else {
                 continue;
             };
-            let (snapshot, size_bytes) = if slot.task.state().windows.is_empty() {
+            let (snapshot, size_bytes) = if !slot.task.needs_snapshot() {
                 (None, 0)
             } else {
                 let key = savepoint_snapshot_key(id, topic, *partition);

@@ -7,7 +7,7 @@ use oxbow_crds::{
 
 use super::{Exported, Worker};
 use crate::{
-    admin::{OutcomeLabel, ReasonLabel, Shared},
+    admin::{OutcomeLabel, PartitionLabel, ReasonLabel, Shared},
     engine::DeadLetterReason,
 };
 
@@ -17,10 +17,32 @@ impl Worker {
         let (mut records_in, mut records_out, mut dead) = (0, 0, [0u64; 4]);
         let mut partitions = Vec::new();
         let mut state_bytes = 0;
-        for ((topic, partition), slot) in &self.slots {
+        let m = &shared.metrics;
+        let repartitions = self.shuffle_topic.is_some();
+        for ((topic, partition), slot) in &mut self.slots {
             let task = slot.task.state();
-            records_in += task.counters.records_in;
-            records_out += task.counters.records_out;
+            let is_shuffle = self.shuffle_topic.as_deref() == Some(topic.as_str());
+            // Job totals: records taken from the sources, results given to the sink.
+            if !is_shuffle {
+                records_in += task.counters.records_in;
+            }
+            if is_shuffle || !repartitions {
+                records_out += task.counters.records_out;
+            }
+            let label = PartitionLabel {
+                topic: topic.clone(),
+                partition: *partition,
+            };
+            m.records_in
+                .get_or_create(&label)
+                .inc_by(task.counters.records_in.saturating_sub(slot.exported.0));
+            m.records_out
+                .get_or_create(&label)
+                .inc_by(task.counters.records_out.saturating_sub(slot.exported.1));
+            slot.exported = (task.counters.records_in, task.counters.records_out);
+            m.consumer_position
+                .get_or_create(&label)
+                .set(slot.position.unwrap_or(-1));
             for (d, n) in dead.iter_mut().zip(task.counters.dead_lettered) {
                 *d += n;
             }
@@ -32,11 +54,6 @@ impl Worker {
                 stream_time_ms: task.stream_time,
             });
         }
-        let m = &shared.metrics;
-        m.records_in
-            .inc_by(records_in.saturating_sub(self.exported.records_in));
-        m.records_out
-            .inc_by(records_out.saturating_sub(self.exported.records_out));
         for (i, reason) in DeadLetterReason::ALL.iter().enumerate() {
             m.dead_lettered
                 .get_or_create(&ReasonLabel {
@@ -63,8 +80,6 @@ impl Worker {
             self.exported.checkpoint_id = report.id;
         }
         self.exported = Exported {
-            records_in,
-            records_out,
             dead_lettered: dead,
             commits: self.commits,
             aborts: self.aborts,
@@ -97,7 +112,7 @@ impl Worker {
                 records_in,
                 records_out,
                 dead_lettered: dead.iter().sum(),
-                error: None,
+                error: self.last_error.clone(),
             };
         }
     }

@@ -1,0 +1,162 @@
+//! `oxbow-worker run` processes for tests, with their admin API.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use oxbow_crds::admin::WorkerStatus;
+
+/// The admin token test workers use.
+pub const TOKEN: &str = "test-token";
+
+/// The worker binary built next to the running test (`cargo test --workspace` builds it).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    dir.join("oxbow-worker")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A running worker process; killed (SIGKILL) when dropped, so a failing test leaves none
+/// behind.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Option<Child>,
+    /// Its admin API port.
+    pub port: u16,
+    http: reqwest::Client,
+}
+
+impl WorkerProcess {
+    /// Starts `oxbow-worker run --job <file> --ordinal <ordinal>` with `env`.
+    pub fn start(job_file: &Path, ordinal: u32, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let binary = binary();
+        if !binary.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build -p oxbow-worker`",
+                binary.display()
+            );
+        }
+        let port = free_port();
+        let child = Command::new(&binary)
+            .args(["run", "--job"])
+            .arg(job_file)
+            .args(["--ordinal", &ordinal.to_string()])
+            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .env("OXBOW_ADMIN_TOKEN", TOKEN)
+            // OXBOW_TEST_WORKER_LOG=debug shows what the workers do.
+            .env(
+                "OXBOW_LOG",
+                std::env::var("OXBOW_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        Ok(WorkerProcess {
+            child: Some(child),
+            port,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The admin API URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `GET /v1/status`, or `None` while the API does not answer.
+    pub async fn status(&self) -> Option<WorkerStatus> {
+        self.http
+            .get(self.url("/v1/status"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// `GET /metrics`, or `None` while the API does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, and wait for the process to go.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("the worker already stopped")?;
+        signal(child.id(), "TERM")?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `kill -<name>` to a process.
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Polls `check` every 200 ms until it gives a value; fails after `timeout`.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
