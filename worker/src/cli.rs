@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub bootstrap: Option<String>,
     /// Address of the admin API (default `0.0.0.0:9249`).
     pub admin_addr: Option<String>,
+    /// How long one Kafka operation (fencing, commit, flush) may take (default 30s).
+    pub kafka_timeout: Option<Duration>,
 }
 
 impl RunOptions {
@@ -84,6 +86,13 @@ impl RunOptions {
                 }
                 "--bootstrap" => options.bootstrap = Some(value()?),
                 "--admin-addr" => options.admin_addr = Some(value()?),
+                "--kafka-timeout" => {
+                    let v = value()?;
+                    options.kafka_timeout =
+                        Some(oxbow_crds::duration::parse_duration(&v).map_err(|e| {
+                            StartError::Usage(format!("--kafka-timeout {v:?}: {e}"))
+                        })?);
+                }
                 other => return Err(StartError::Usage(format!("unknown argument {other:?}"))),
             }
         }
@@ -117,7 +126,7 @@ impl RunOptions {
             job,
             ordinal,
             bootstrap: self.bootstrap.clone(),
-            kafka_timeout: Duration::from_secs(30),
+            kafka_timeout: self.kafka_timeout.unwrap_or(Duration::from_secs(30)),
         })
     }
 }

@@ -13,7 +13,7 @@ const USAGE: &str = "usage:
   oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
   oxbow-worker bench kafka --bootstrap HOST:PORT [--events N]
                                                   Kafka to Kafka: bare loop vs exactly-once worker (default N = 200000)
-  oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT] [--admin-addr ADDR]
+  oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT] [--admin-addr ADDR] [--kafka-timeout 30s]
                                                   run as a StreamJob's worker (the StatefulSet pod's command)
   oxbow-worker local <streamjob.yaml> [--bootstrap HOST:PORT] [--storage URL] [--duration 30s]
                                                   run a StreamJob locally: embedded broker and, for

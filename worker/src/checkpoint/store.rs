@@ -217,6 +217,22 @@ impl CheckpointStore {
         }
     }
 
+    /// Checks that the store answers, by reading an object that need not exist: a worker that
+    /// cannot reach its store says so at start rather than at its first checkpoint.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        const PROBE: &str = ".oxbow-probe";
+        let head = async {
+            match self.store.head(&self.path(PROBE)).await {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(source) => Err(StoreError::Read {
+                    url: self.url(PROBE),
+                    source,
+                }),
+            }
+        };
+        self.bounded(PROBE, head).await
+    }
+
     /// Reads an object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.bounded(key, self.get_unbounded(key)).await

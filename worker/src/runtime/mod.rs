@@ -372,6 +372,9 @@ impl Worker {
                     source: Box::new(e),
                 })
             })?;
+        if let Some(store) = &store {
+            io.block_on(store.probe())?;
+        }
         let writer = format!("w{}-{:x}", config.ordinal, now_ms());
         let mut worker = Worker {
             config,
