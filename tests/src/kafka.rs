@@ -142,3 +142,29 @@ pub fn read_all(
     }
     Ok(values)
 }
+
+/// The committed offsets of `group` over `partitions` of `topic`, summed (unset counts as 0).
+pub fn committed_total(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = config(bootstrap)
+        .set("group.id", group)
+        .create()
+        .context("failed to create a consumer")?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let offsets = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .context("failed to read committed offsets")?;
+    Ok(offsets
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw())
+        .filter(|o| *o >= 0)
+        .sum())
+}

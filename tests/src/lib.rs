@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 pub mod kafka;
 pub mod kube_env;
 pub mod s3;
+pub mod windows;
 pub mod worker;
 
 /// A component of the test environment, as `tests/env/up.sh` names it.

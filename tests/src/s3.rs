@@ -20,3 +20,81 @@ pub fn bucket() -> anyhow::Result<AmazonS3> {
         .build()
         .context("failed to configure the S3 client")
 }
+
+/// A moto S3 server of one test's own, for fault injection (pausing it must not disturb other
+/// tests). Stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateS3 {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl PrivateS3 {
+    /// Starts moto from the environment's virtualenv on a free port and creates `bucket`.
+    pub async fn start(bucket: &str) -> anyhow::Result<Self> {
+        let cache = std::env::var_os("OXBOW_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/oxbow"))
+            })
+            .context("neither OXBOW_CACHE nor HOME is set")?;
+        let python = cache.join("venv/bin/python");
+        let port = crate::worker::free_port();
+        let child = std::process::Command::new(&python)
+            .arg(crate::repo_root().join("tests/env/moto_server.py"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("failed to start moto with {}", python.display()))?;
+        let server = PrivateS3 {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let url = format!("{}/{bucket}", server.endpoint);
+        crate::worker::eventually(
+            "moto to create the bucket",
+            std::time::Duration::from_secs(30),
+            async || {
+                let r = http.put(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// SIGSTOP: the server keeps its sockets and data but answers nothing.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        crate::worker::signal(self.child.id(), "STOP")
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        crate::worker::signal(self.child.id(), "CONT")
+    }
+
+    /// The environment a worker needs to use this server.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        let _ = crate::worker::signal(self.child.id(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -20,12 +20,8 @@ use oxbow_crds::{
     assignment::assign,
     jobfile::{JobFile, Restore},
 };
-use oxbow_tests::{kafka, unique_name, worker::WorkerProcess};
-use rdkafka::{
-    TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-    producer::FutureProducer,
-};
+use oxbow_tests::{kafka, unique_name, windows, worker::WorkerProcess};
+use rdkafka::producer::FutureProducer;
 
 const KEYS: i64 = 6;
 const PARTITIONS: i32 = 2;
@@ -186,23 +182,7 @@ fn start_worker(job: &Job, ordinal: u32) -> WorkerProcess {
 
 /// Committed offsets of the job's group, summed over the input partitions.
 fn committed(bootstrap: &str, job: &Job) -> i64 {
-    let consumer: BaseConsumer = kafka::config(bootstrap)
-        .set("group.id", &job.group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(&job.input, p);
-    }
-    let offsets = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    offsets
-        .elements()
-        .iter()
-        .filter_map(|e| e.offset().to_raw())
-        .filter(|o| *o >= 0)
-        .sum()
+    kafka::committed_total(bootstrap, &job.group, &job.input, PARTITIONS).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +355,7 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
         }
     }
     let total = events.len() as i64;
-    let want = expected_windows(&events, closing);
+    let want = windows::expected(&events, closing);
     let deadline = Instant::now() + Duration::from_secs(120);
     let sink_count = || {
         kafka::read_all(
@@ -430,54 +410,12 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
     }
 
     // Exactly the expected windows, each once.
-    let values = kafka::read_all(
-        &bootstrap,
-        &job.output,
-        1,
-        "read_committed",
-        Duration::from_secs(3),
-    )
-    .unwrap();
-    let mut got: Vec<(i64, i64, i64, i64)> = values
-        .iter()
-        .map(|v| {
-            let row: serde_json::Value = serde_json::from_str(v).unwrap();
-            let int = |f: &str| row[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
-            (int("k"), int("window_start"), int("n"), int("total"))
-        })
-        .collect();
-    got.sort();
+    let got = windows::results(&bootstrap, &job.output, Duration::from_secs(3)).unwrap();
     assert!(
         want.len() > 20,
         "the test produced too little to mean anything: {} windows",
         want.len()
     );
-    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
-    let unexpected: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
-    assert!(
-        missing.is_empty() && unexpected.is_empty(),
-        "{} of {} windows missing (first: {:?}), {} unexpected (first: {:?})",
-        missing.len(),
-        want.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        unexpected.len(),
-        unexpected.iter().take(5).collect::<Vec<_>>()
-    );
-    assert_eq!(got, want);
+    windows::assert_exactly(&got, &want);
     std::fs::remove_dir_all(&job.dir).ok();
-}
-
-/// (key, window start, count, total) of every window that closed.
-fn expected_windows(events: &[(i64, i64, i64)], closing: i64) -> Vec<(i64, i64, i64, i64)> {
-    let mut want: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
-    for (k, v, ts) in events {
-        if *ts < closing {
-            let w = want.entry((*k, ts - ts % 1000)).or_default();
-            w.0 += 1;
-            w.1 += v;
-        }
-    }
-    want.into_iter()
-        .map(|((k, s), (n, t))| (k, s, n, t))
-        .collect()
 }

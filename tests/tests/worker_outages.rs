@@ -1,0 +1,301 @@
+//! A worker process rides out what goes wrong around it, losing and duplicating nothing: its
+//! object store going away and coming back (a private moto paused with SIGSTOP, so that requests
+//! hang as they do when a store is unreachable), and a storm of malformed records. Status and
+//! metrics tell the story while it happens.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use oxbow_crds::{
+    admin::WorkerState,
+    assignment::assign,
+    jobfile::{JobFile, Restore},
+};
+use oxbow_tests::{
+    kafka,
+    s3::PrivateS3,
+    unique_name,
+    windows::{self, Event},
+    worker::{WorkerProcess, eventually},
+};
+use rdkafka::{
+    Message,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    producer::{FutureProducer, FutureRecord},
+};
+
+struct Job {
+    file: PathBuf,
+    input: String,
+    output: String,
+    dead_letter: String,
+    group: String,
+}
+
+async fn job(bootstrap: &str, storage: &str) -> Job {
+    let (input, output, dead_letter) = (
+        unique_name("outage-in"),
+        unique_name("outage-out"),
+        unique_name("outage-dlq"),
+    );
+    for topic in [&input, &output, &dead_letter] {
+        kafka::create_topic(bootstrap, topic, 1).await.unwrap();
+    }
+    let yaml = format!(
+        r#"
+apiVersion: oxbow.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: outage}}
+spec:
+  kafka: {{bootstrapServers: "{bootstrap}"}}
+  source: {{topics: [{input}], eventTime: {{field: ts, grace: 0s}}, partitionedBy: "k"}}
+  pipeline:
+    - keyBy: "k"
+    - window: {{tumbling: 1s}}
+      aggregate: {{n: "count()", total: "sum(v)"}}
+  sink: {{topic: {output}}}
+  deadLetter: {{topic: {dead_letter}}}
+  checkpoint: {{storage: "{storage}", interval: 300ms, timeout: 2s}}
+"#
+    );
+    let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
+    let job = JobFile::new(
+        "test",
+        unique_name("outage"),
+        1,
+        spec,
+        assign(
+            &std::collections::BTreeMap::from([(input.clone(), 1)]),
+            1,
+            None,
+        ),
+        Restore::LatestCheckpoint,
+    );
+    let group = job.consumer_group();
+    let file = std::env::temp_dir().join(unique_name("outage-job"));
+    std::fs::write(&file, serde_json::to_string(&job).unwrap()).unwrap();
+    Job {
+        file,
+        input,
+        output,
+        dead_letter,
+        group,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sends events until `done`: event i has key i % 4, value i % 13, time base + 20 i.
+fn spawn_input(
+    bootstrap: &str,
+    topic: &str,
+    base: i64,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Event>> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::spawn(async move {
+        let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
+        let mut events = Vec::new();
+        let mut i = 0;
+        while !done.load(Ordering::Relaxed) {
+            for _ in 0..10 {
+                let e = (i % 4, i % 13, base + 20 * i);
+                kafka::send_event(&producer, &topic, 0, e).await.unwrap();
+                events.push(e);
+                i += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        events
+    })
+}
+
+/// Closes every window with one far-ahead event per key, waits for the worker to commit
+/// everything, stops it with SIGTERM, and checks the sink holds every window exactly once.
+async fn finish(
+    bootstrap: &str,
+    job: &Job,
+    worker: &mut WorkerProcess,
+    mut events: Vec<Event>,
+    base: i64,
+) {
+    let closing = base + 20 * events.len() as i64 + 10_000;
+    let producer: FutureProducer = kafka::config(bootstrap).create().unwrap();
+    for k in 0..4 {
+        kafka::send_event(&producer, &job.input, 0, (k, 0, closing))
+            .await
+            .unwrap();
+        events.push((k, 0, closing));
+    }
+    let total = events.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while kafka::committed_total(bootstrap, &job.group, &job.input, 1).unwrap() < total {
+        assert!(Instant::now() < deadline, "the worker did not catch up");
+        assert!(worker.is_running(), "the worker exited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(worker.terminate().unwrap().success());
+    let got = windows::results(bootstrap, &job.output, Duration::from_secs(3)).unwrap();
+    let want = windows::expected(&events, closing);
+    assert!(want.len() > 20, "too little data to mean anything");
+    windows::assert_exactly(&got, &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_store_going_away_and_back_loses_and_duplicates_nothing() {
+    let bootstrap = kafka::bootstrap();
+    let store = PrivateS3::start("outage").await.unwrap();
+    let job = job(&bootstrap, &format!("s3://outage/{}", unique_name("job"))).await;
+    let mut worker = WorkerProcess::start(&job.file, 0, &store.worker_env()).unwrap();
+    let base = now_ms() - now_ms() % 1000;
+    let done = Arc::new(AtomicBool::new(false));
+    let input = spawn_input(&bootstrap, &job.input, base, Arc::clone(&done));
+    let timeout = Duration::from_secs(60);
+
+    eventually("a checkpoint", timeout, async || {
+        worker.status().await?.last_checkpoint.map(|_| ())
+    })
+    .await
+    .unwrap();
+    store.pause().unwrap();
+    // The status says what is wrong, and the metrics count it.
+    let status = eventually("the worker to report Retrying", timeout, async || {
+        worker
+            .status()
+            .await
+            .filter(|s| s.state == WorkerState::Retrying)
+    })
+    .await
+    .unwrap();
+    let error = status.error.unwrap_or_default();
+    assert!(error.contains("checkpoint storage"), "{error}");
+    let metrics = worker.metrics().await.unwrap();
+    assert!(
+        metrics.contains("oxbow_worker_checkpoint_failures_total{reason=\"store\"}")
+            && metrics.contains("oxbow_worker_retrying 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store.resume().unwrap();
+
+    eventually("the worker to recover", timeout, async || {
+        worker
+            .status()
+            .await
+            .filter(|s| s.state == WorkerState::Running && s.error.is_none())
+    })
+    .await
+    .unwrap();
+    done.store(true, Ordering::Relaxed);
+    let events = input.await.unwrap();
+    let metrics = worker.metrics().await.unwrap();
+    assert!(metrics.contains("oxbow_worker_retrying 0"), "{metrics}");
+    finish(&bootstrap, &job, &mut worker, events, base).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_record_storm_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
+    let bootstrap = kafka::bootstrap();
+    let dir = std::env::temp_dir().join(unique_name("oxbow-storm"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = job(&bootstrap, &format!("file://{}", dir.display())).await;
+    let mut worker = WorkerProcess::start(&job.file, 0, &[]).unwrap();
+    let base = now_ms() - now_ms() % 1000;
+
+    // Good events with three kinds of bad record between them.
+    let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
+    let mut events = Vec::new();
+    let bad = |i: i64| -> [(&str, String); 3] {
+        [
+            ("decode", "{\"k\": 1, \"v\": ".to_owned()),
+            ("event-time", "{\"k\": 1, \"v\": 2}".to_owned()),
+            (
+                "eval",
+                format!("{{\"k\": 1, \"v\": \"two\", \"ts\": {}}}", base + 20 * i),
+            ),
+        ]
+    };
+    let mut sent_bad = [0u64; 3];
+    for i in 0..1500_i64 {
+        let e = (i % 4, i % 13, base + 20 * i);
+        kafka::send_event(&producer, &job.input, 0, e)
+            .await
+            .unwrap();
+        events.push(e);
+        let which = (i % 3) as usize;
+        producer
+            .send(
+                FutureRecord::<(), str>::to(&job.input)
+                    .partition(0)
+                    .payload(&bad(i)[which].1),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        sent_bad[which] += 1;
+    }
+    // Status and metrics count them by reason.
+    let total_bad: u64 = sent_bad.iter().sum();
+    eventually(
+        "the status to count the dead letters",
+        Duration::from_secs(60),
+        async || {
+            worker
+                .status()
+                .await
+                .filter(|s| s.dead_lettered == total_bad)
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = worker.metrics().await.unwrap();
+    for ((reason, _), n) in bad(0).iter().zip(sent_bad) {
+        let line = format!("oxbow_worker_dead_lettered_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "no {line:?} in {metrics}");
+    }
+    finish(&bootstrap, &job, &mut worker, events, base).await;
+
+    // Every bad record is in the dead-letter topic once, with its reason.
+    let consumer: BaseConsumer = kafka::config(&bootstrap)
+        .set("group.id", unique_name("dlq-reader"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&job.dead_letter]).unwrap();
+    let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let reason = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "oxbow.error.reason"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            *by_reason.entry(reason).or_default() += 1;
+            last = Instant::now();
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> = bad(0)
+        .iter()
+        .zip(sent_bad)
+        .map(|((reason, _), n)| ((*reason).to_owned(), n))
+        .collect();
+    assert_eq!(by_reason, want);
+}
