@@ -168,3 +168,85 @@ pub fn committed_total(
         .filter(|o| *o >= 0)
         .sum())
 }
+
+/// A noida-db broker of one test's own, with its data on disk, so that a test can kill and
+/// restart it without disturbing others. Stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    child: Option<std::process::Child>,
+    port: u16,
+    data: std::path::PathBuf,
+}
+
+impl PrivateBroker {
+    /// Starts noida-db from the environment's cache on a free port.
+    pub fn start() -> anyhow::Result<Self> {
+        let data = std::env::temp_dir().join(crate::unique_name("oxbow-broker"));
+        std::fs::create_dir_all(&data)?;
+        let mut broker = PrivateBroker {
+            child: None,
+            port: crate::worker::free_port(),
+            data,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let cache = std::env::var_os("OXBOW_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/oxbow"))
+            })
+            .context("neither OXBOW_CACHE nor HOME is set")?;
+        let binary = cache.join("bin/noida-db");
+        let child = std::process::Command::new(&binary)
+            .args(["start", "--only", "kafka", "--host", "127.0.0.1"])
+            .args(["--kafka-port", &self.port.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("noida-db did not listen on {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops the broker (SIGTERM, so that it saves its data) and waits for it to exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            crate::worker::signal(child.id(), "TERM")?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}

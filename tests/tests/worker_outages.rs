@@ -299,3 +299,47 @@ async fn a_malformed_record_storm_goes_to_the_dead_letter_topic_and_the_job_goes
         .collect();
     assert_eq!(by_reason, want);
 }
+
+/// The broker process stopped and started again while the worker runs. The input pauses around
+/// the restart: noida-db keeps committed data across a restart but loses the records of a
+/// transaction that was open when it stopped, while still accepting that transaction's commit
+/// afterwards (Apache Kafka keeps both in its logs), so a restart in mid-transaction would test
+/// the broker rather than the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_process_stopped_and_restarted_loses_and_duplicates_nothing() {
+    let mut broker = kafka::PrivateBroker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    let dir = std::env::temp_dir().join(unique_name("oxbow-restart"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = job(&bootstrap, &format!("file://{}", dir.display())).await;
+    let mut worker = WorkerProcess::start(&job.file, 0, &[]).unwrap();
+    let base = now_ms() - now_ms() % 1000;
+    let timeout = Duration::from_secs(60);
+
+    // A first batch, committed.
+    let done = Arc::new(AtomicBool::new(false));
+    let input = spawn_input(&bootstrap, &job.input, base, Arc::clone(&done));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    let mut events = input.await.unwrap();
+    let first = events.len() as i64;
+    eventually("the first batch to be committed", timeout, async || {
+        (kafka::committed_total(&bootstrap, &job.group, &job.input, 1).ok()? == first).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The broker goes away; the worker keeps running and says so.
+    broker.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(worker.is_running(), "the worker rides out the outage");
+    broker.restart().unwrap();
+
+    // A second batch after the restart is processed.
+    let done = Arc::new(AtomicBool::new(false));
+    let input = spawn_input(&bootstrap, &job.input, base + 20 * first, Arc::clone(&done));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    events.extend(input.await.unwrap());
+    finish(&bootstrap, &job, &mut worker, events, base).await;
+}

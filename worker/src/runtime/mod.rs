@@ -712,6 +712,12 @@ impl Worker {
                     send_output(&self.producer, to, &mut self.output)?;
                 }
             }
+            // Connection loss is reported once by librdkafka's own log and retried by it.
+            Some(Err(
+                e @ KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ),
+            )) => tracing::debug!(error = %e, "broker connection lost; librdkafka reconnects"),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error; librdkafka retries"),
         }
         Ok(())
