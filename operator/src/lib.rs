@@ -6,6 +6,8 @@
 //!   of a StreamJob.
 //! - [`diff`]: how a spec change takes effect (ignorable, savepoint, rescale, restart, suspend
 //!   or resume).
+//! - [`plan`]: the upgrade, rescale and suspend state machine, and the status it leads to.
 
 pub mod children;
 pub mod diff;
+pub mod plan;
