@@ -27,11 +27,11 @@ use crate::{
     runtime::{Worker, WorkerConfig},
 };
 
-fn err(action: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> String + '_ {
+pub(crate) fn err(action: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> String + '_ {
     move |e| format!("failed to {action}: {e}")
 }
 
-fn create_topics(bootstrap: &str, topics: &[&str]) -> Result<(), String> {
+pub(crate) fn create_topics(bootstrap: &str, topics: &[&str]) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -52,7 +52,9 @@ fn create_topics(bootstrap: &str, topics: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn producer(bootstrap: &str) -> Result<ThreadedProducer<DefaultProducerContext>, String> {
+pub(crate) fn producer(
+    bootstrap: &str,
+) -> Result<ThreadedProducer<DefaultProducerContext>, String> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -61,7 +63,7 @@ fn producer(bootstrap: &str) -> Result<ThreadedProducer<DefaultProducerContext>,
         .map_err(err("create a producer"))
 }
 
-fn send(
+pub(crate) fn send(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     value: &[u8],

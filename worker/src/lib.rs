@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_kafka;
+pub mod bench_recovery;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;

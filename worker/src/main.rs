@@ -13,6 +13,8 @@ const USAGE: &str = "usage:
   oxbow-worker bench pipeline [--events N]        run the reference job in process (default N = 20000000)
   oxbow-worker bench kafka --bootstrap HOST:PORT [--events N]
                                                   Kafka to Kafka: bare loop vs exactly-once worker (default N = 200000)
+  oxbow-worker bench recovery --bootstrap HOST:PORT
+                                                  SIGKILL to processing again, and resident memory idle and under load
   oxbow-worker run [--job PATH] [--ordinal N] [--bootstrap HOST:PORT] [--admin-addr ADDR] [--kafka-timeout 30s]
                                                   run as a StreamJob's worker (the StatefulSet pod's command)
   oxbow-worker local <streamjob.yaml> [--bootstrap HOST:PORT] [--storage URL] [--duration 30s]
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         ["validate", path] => validate(path),
         ["bench", "pipeline"] => bench_pipeline(20_000_000),
         ["bench", "kafka", "--bootstrap", bootstrap] => bench_kafka(bootstrap, 200_000),
+        ["bench", "recovery", "--bootstrap", bootstrap] => bench_recovery(bootstrap),
         ["bench", "kafka", "--bootstrap", bootstrap, "--events", n] => {
             match n.replace('_', "").parse() {
                 Ok(n) => bench_kafka(bootstrap, n),
@@ -109,6 +112,20 @@ fn bench_kafka(bootstrap: &str, events: u64) -> ExitCode {
         }
         Err(e) => {
             eprintln!("the Kafka benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_recovery(bootstrap: &str) -> ExitCode {
+    oxbow_worker::cli::init_logging_default("warn");
+    match oxbow_worker::bench_recovery::run(bootstrap) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("the recovery benchmark failed: {e}");
             ExitCode::FAILURE
         }
     }
