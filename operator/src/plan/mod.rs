@@ -34,6 +34,10 @@ mod planner;
 mod savepoint;
 pub mod status;
 
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

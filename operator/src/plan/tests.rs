@@ -1,0 +1,374 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use oxbow_crds::{
+    duration::DurationString,
+    jobfile::Restore,
+    streamjob::{
+        ConditionType, JobState, Phase, SavepointFailurePolicy, SavepointTrigger, UpgradeMode,
+        find_condition,
+    },
+};
+use proptest::prelude::*;
+
+use super::{
+    Action, plan,
+    sim::{Crash, World, base_spec},
+    spec_hash,
+};
+
+fn never() -> impl Iterator<Item = Crash> {
+    std::iter::repeat(Crash::None)
+}
+
+fn deployed_world() -> World {
+    let mut w = World::new(base_spec());
+    w.settle(&mut never(), 50);
+    w
+}
+
+fn condition(w: &World, type_: ConditionType) -> (String, String) {
+    let c = find_condition(&w.o.status.conditions, type_).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+/// The actions taken, without the waits and repeats between them.
+fn steps(w: &World) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = vec![];
+    for a in &w.log {
+        if !matches!(*a, "Wait" | "WaitForSavepoint" | "Nothing") && out.last() != Some(a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[test]
+fn first_deploy_creates_the_children_and_marks_the_spec_stable() {
+    let w = deployed_world();
+    assert_eq!(steps(&w), ["CreateOrUpdateChildren", "MarkStable"]);
+    let d = w.deployed();
+    assert_eq!(d.restore, Restore::LatestCheckpoint);
+    assert_eq!(d.assignment.workers.len(), 3);
+    // The pipeline shuffles: the repartition topic is assigned with the source's count.
+    assert_eq!(d.assignment.partitions, 12);
+    assert_eq!(w.o.status.phase, Some(Phase::Running));
+    assert_eq!(condition(&w, ConditionType::Ready).0, "True");
+    assert_eq!(w.o.status.last_stable_spec_hash, Some(spec_hash(&d.spec)));
+    assert_eq!(w.o.stable.as_ref(), Some(d));
+}
+
+#[test]
+fn an_upgrade_stops_with_a_savepoint_fences_rolls_out_and_verifies() {
+    let mut w = deployed_world();
+    w.log.clear();
+    w.edit(|s| s.image = Some("worker:2".into()));
+    w.settle(&mut never(), 80);
+    assert_eq!(
+        steps(&w),
+        [
+            "RequestSavepoint",
+            "StopWorkers",
+            "Fence",
+            "RollOut",
+            "MarkStable"
+        ]
+    );
+    let d = w.deployed();
+    assert_eq!(d.spec.image.as_deref(), Some("worker:2"));
+    assert_eq!(d.spec_generation, 2);
+    let last = w.o.status.savepoint.as_ref().unwrap().last.clone().unwrap();
+    assert_eq!(last.trigger, SavepointTrigger::Upgrade);
+    assert_eq!(d.restore, Restore::Savepoint { path: last.path });
+    assert_eq!(w.o.status.operation, None);
+    assert_eq!(w.o.status.phase, Some(Phase::Running));
+    assert_eq!(w.o.stable.as_ref(), Some(d));
+}
+
+#[test]
+fn a_rescale_reassigns_over_the_new_worker_count() {
+    let mut w = deployed_world();
+    let before = w.deployed().assignment.clone();
+    w.edit(|s| s.replicas = 4);
+    w.settle(&mut never(), 80);
+    let d = w.deployed();
+    assert_eq!(d.assignment.workers.len(), 4);
+    assert_eq!(d.assignment.generation, before.generation + 1);
+    let last = w.o.status.savepoint.as_ref().unwrap().last.clone().unwrap();
+    assert_eq!(last.trigger, SavepointTrigger::Rescale);
+    assert_eq!(w.o.pods.len(), 4);
+}
+
+#[test]
+fn more_source_partitions_are_a_rescale() {
+    let mut w = deployed_world();
+    w.log.clear();
+    w.o.partitions.insert("payments".into(), 8);
+    w.settle(&mut never(), 80);
+    assert!(steps(&w).contains(&"RollOut"));
+    assert_eq!(w.deployed().assignment.partitions, 16);
+    assert_eq!(w.deployed().spec_generation, 1, "the spec did not change");
+}
+
+#[test]
+fn last_state_and_stateless_modes_skip_the_savepoint() {
+    for (mode, restore) in [
+        (UpgradeMode::LastState, Restore::LatestCheckpoint),
+        (UpgradeMode::Stateless, Restore::Stateless),
+    ] {
+        let mut w = deployed_world();
+        w.log.clear();
+        w.edit(|s| {
+            s.upgrade.mode = mode;
+            s.image = Some("worker:2".into());
+        });
+        w.settle(&mut never(), 80);
+        assert_eq!(
+            steps(&w),
+            ["StopWorkers", "Fence", "RollOut", "MarkStable"],
+            "{mode:?}"
+        );
+        assert_eq!(w.deployed().restore, restore, "{mode:?}");
+    }
+}
+
+#[test]
+fn a_failed_savepoint_blocks_and_the_old_generation_keeps_running() {
+    let mut w = deployed_world();
+    let old = w.deployed().clone();
+    w.fail_savepoints = true;
+    w.edit(|s| s.image = Some("worker:2".into()));
+    w.settle(&mut never(), 80);
+    assert_eq!(w.deployed(), &old);
+    assert_eq!(
+        condition(&w, ConditionType::UpgradeBlocked),
+        ("True".into(), "SavepointFailed".into())
+    );
+    assert_eq!(w.o.status.operation, None);
+    // Not retried for the same generation.
+    let requests = w.log.iter().filter(|a| **a == "RequestSavepoint").count();
+    w.settle(&mut never(), 20);
+    assert_eq!(
+        w.log.iter().filter(|a| **a == "RequestSavepoint").count(),
+        requests
+    );
+    assert!(w.o.all_healthy(&old), "every old worker processes again");
+    // A new edit retries, and succeeds once the store is back.
+    w.fail_savepoints = false;
+    w.edit(|s| s.image = Some("worker:3".into()));
+    w.settle(&mut never(), 80);
+    assert_eq!(w.deployed().spec.image.as_deref(), Some("worker:3"));
+    assert_eq!(condition(&w, ConditionType::UpgradeBlocked).0, "False");
+}
+
+#[test]
+fn last_state_fallback_needs_a_fresh_checkpoint() {
+    for (age, upgraded) in [(5, true), (600, false)] {
+        let mut w = deployed_world();
+        w.fail_savepoints = true;
+        w.checkpoint_age = age;
+        w.edit(|s| {
+            s.upgrade.on_savepoint_failure = SavepointFailurePolicy::LastState;
+            s.image = Some("worker:2".into());
+        });
+        w.settle(&mut never(), 80);
+        let image = w.deployed().spec.image.clone();
+        assert_eq!(image.as_deref() == Some("worker:2"), upgraded, "age {age}");
+        if upgraded {
+            assert_eq!(w.deployed().restore, Restore::LatestCheckpoint);
+        } else {
+            assert_eq!(condition(&w, ConditionType::UpgradeBlocked).0, "True");
+        }
+    }
+}
+
+#[test]
+fn an_unhealthy_generation_is_rolled_back_from_the_same_savepoint_and_not_retried() {
+    let mut w = deployed_world();
+    let stable = w.deployed().clone();
+    w.bad_image = Some("worker:bad".into());
+    w.edit(|s| s.image = Some("worker:bad".into()));
+    w.settle(&mut never(), 200);
+    let d = w.deployed().clone();
+    assert_eq!(d.spec, stable.spec, "back on the stable spec");
+    assert_eq!(d.spec_generation, 2, "written for the failed generation");
+    let upgrade_savepoint = w.o.status.savepoint.as_ref().unwrap().last.clone().unwrap();
+    assert_eq!(
+        d.restore,
+        Restore::Savepoint {
+            path: upgrade_savepoint.path
+        }
+    );
+    assert_eq!(w.o.status.error.as_ref().unwrap().reason, "RolledBack");
+    assert_eq!(condition(&w, ConditionType::Degraded).0, "True");
+    assert_eq!(w.o.status.phase, Some(Phase::Running));
+    let rollouts = w.log.iter().filter(|a| **a == "RollOut").count();
+    w.settle(&mut never(), 50);
+    assert_eq!(
+        w.log.iter().filter(|a| **a == "RollOut").count(),
+        rollouts,
+        "not retried"
+    );
+}
+
+#[test]
+fn suspend_takes_a_savepoint_and_resume_restores_from_it() {
+    let mut w = deployed_world();
+    w.edit(|s| s.state = JobState::Suspended);
+    w.settle(&mut never(), 80);
+    assert_eq!(w.o.status.phase, Some(Phase::Suspended));
+    assert!(w.o.pods.is_empty());
+    let last = w.o.status.savepoint.as_ref().unwrap().last.clone().unwrap();
+    assert_eq!(last.trigger, SavepointTrigger::Suspend);
+    let path = last.path;
+    assert_eq!(
+        w.deployed().restore,
+        Restore::Savepoint { path: path.clone() }
+    );
+    w.edit(|s| s.state = JobState::Running);
+    w.settle(&mut never(), 80);
+    assert_eq!(w.o.status.phase, Some(Phase::Running));
+    assert_eq!(w.deployed().restore, Restore::Savepoint { path });
+    assert_eq!(w.o.pods.len(), 3);
+}
+
+#[test]
+fn an_invalid_spec_is_reported_and_the_running_job_left_alone() {
+    let mut w = deployed_world();
+    let old = w.deployed().clone();
+    w.edit(|s| {
+        s.image = Some("worker:2".into());
+        s.upgrade.savepoint_timeout = DurationString::from("soon");
+    });
+    let p = plan(&w.o);
+    assert!(
+        matches!(p.action, Action::ReportInvalid { .. }),
+        "{:?}",
+        p.action
+    );
+    w.settle(&mut never(), 30);
+    assert_eq!(w.deployed(), &old);
+    assert_eq!(
+        condition(&w, ConditionType::Degraded),
+        ("True".into(), "InvalidSpec".into())
+    );
+    assert_eq!(condition(&w, ConditionType::Ready).0, "True");
+    w.edit(|s| s.upgrade.savepoint_timeout = DurationString::from("20s"));
+    w.settle(&mut never(), 80);
+    assert_eq!(w.deployed().spec.image.as_deref(), Some("worker:2"));
+    assert_eq!(condition(&w, ConditionType::Degraded).0, "False");
+}
+
+#[test]
+fn a_new_trigger_nonce_takes_a_savepoint_without_stopping() {
+    let mut w = deployed_world();
+    w.log.clear();
+    w.edit(|s| s.savepoint.trigger_nonce = 7);
+    w.settle(&mut never(), 30);
+    assert_eq!(steps(&w), ["RequestSavepoint"]);
+    let sp = w.o.status.savepoint.clone().unwrap();
+    assert_eq!(sp.observed_trigger_nonce, Some(7));
+    assert_eq!(sp.last.unwrap().trigger, SavepointTrigger::Manual);
+    assert!(w.o.all_healthy(w.deployed()));
+}
+
+/// The end state of a scenario, without what depends on the clock.
+fn outcome(
+    w: &World,
+) -> (
+    oxbow_crds::StreamJobSpec,
+    i64,
+    &'static str,
+    Option<Phase>,
+    usize,
+) {
+    let d = w.deployed();
+    let restore = match d.restore {
+        Restore::LatestCheckpoint => "checkpoint",
+        Restore::Savepoint { .. } => "savepoint",
+        Restore::Stateless => "stateless",
+    };
+    (
+        d.spec.clone(),
+        d.spec_generation,
+        restore,
+        w.o.status.phase,
+        w.o.pods.len(),
+    )
+}
+
+type Edit = fn(&mut World);
+
+fn scenarios() -> Vec<(&'static str, Edit)> {
+    vec![
+        ("upgrade", |w| w.edit(|s| s.image = Some("worker:2".into()))),
+        ("rescale", |w| w.edit(|s| s.replicas = 5)),
+        ("partitions", |w| {
+            w.o.partitions.insert("payments".into(), 9);
+        }),
+        ("suspend", |w| w.edit(|s| s.state = JobState::Suspended)),
+        ("last-state", |w| {
+            w.edit(|s| {
+                s.upgrade.mode = UpgradeMode::LastState;
+                s.replicas = 2;
+            })
+        }),
+        ("blocked", |w| {
+            w.fail_savepoints = true;
+            w.edit(|s| s.image = Some("worker:2".into()));
+        }),
+        ("rollback", |w| {
+            w.bad_image = Some("worker:bad".into());
+            w.edit(|s| s.image = Some("worker:bad".into()));
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Crashing the operator before recording, after recording but before acting, or after
+    /// acting but before recording what follows, at any reconcile, ends where a run without
+    /// crashes ends; the world checks the safety properties at every action on the way.
+    #[test]
+    fn crashes_at_any_point_converge_to_the_same_outcome(
+        scenario in 0..7usize,
+        crashes in proptest::collection::vec(any::<u8>(), 0..120),
+    ) {
+        let (name, edit) = scenarios()[scenario];
+        let run = |crashes: &mut dyn Iterator<Item = Crash>| {
+            let mut w = World::new(base_spec());
+            w.settle(crashes, 60);
+            edit(&mut w);
+            w.settle(crashes, 300);
+            w.settle(&mut never(), 300);
+            w
+        };
+        let clean = run(&mut never());
+        let crashed = run(&mut crashes.iter().map(|b| Crash::from_byte(*b)));
+        prop_assert_eq!(outcome(&crashed), outcome(&clean), "{}", name);
+        prop_assert_eq!(crashed.o.status.operation.clone(), None);
+    }
+
+    /// Replaying a plan on the status it recorded (the operator died after the write, before
+    /// acting) plans the same action and records nothing new.
+    #[test]
+    fn replaying_a_plan_on_its_own_record_is_a_fixed_point(
+        scenario in 0..7usize,
+        steps in 0..60usize,
+    ) {
+        let (_, edit) = scenarios()[scenario];
+        let mut w = World::new(base_spec());
+        w.settle(&mut never(), 60);
+        edit(&mut w);
+        for _ in 0..steps {
+            w.reconcile(Crash::None);
+        }
+        let first = plan(&w.o);
+        let mut replay = w.o.clone();
+        replay.status = super::status::compute(&w.o, &first);
+        let second = plan(&replay);
+        prop_assert_eq!(&second.action, &first.action);
+        prop_assert_eq!(&second.record, &first.record);
+        prop_assert!(!second.needs_record(&replay.status));
+    }
+}
