@@ -9,5 +9,6 @@
 //! - [`plan`]: the upgrade, rescale and suspend state machine, and the status it leads to.
 
 pub mod children;
+pub mod controller;
 pub mod diff;
 pub mod plan;

@@ -120,7 +120,12 @@ pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
             format!("workers {failed_workers:?} failed"),
         )
     } else {
-        cond(ConditionType::Degraded, false, "AsExpected", String::new())
+        cond(
+            ConditionType::Degraded,
+            false,
+            "AsExpected",
+            "nothing is failing".into(),
+        )
     };
     set_condition(&mut s.conditions, degraded, generation, &now);
 
@@ -143,7 +148,7 @@ pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
             ConditionType::UpgradeBlocked,
             false,
             "NotBlocked",
-            String::new(),
+            "no upgrade is blocked".into(),
         ),
     };
     set_condition(&mut s.conditions, blocked, generation, &now);

@@ -1,0 +1,228 @@
+//! The observe stage: reads the children, the worker pods, the workers' admin API and the
+//! source topics' partition counts into a [`plan::Observed`]. I/O only; no decisions.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Pod, Secret},
+    },
+    jiff::Timestamp,
+};
+use kube::{Api, ResourceExt, api::ListParams};
+use oxbow_crds::{
+    StreamJob,
+    admin::{ADMIN_PORT, SAVEPOINTS_PATH, STATUS_PATH, SavepointResult, WorkerStatus},
+    jobfile::{ADMIN_TOKEN_KEY, JOB_FILE_KEY, JobFile},
+    names::ordinal_from_pod_name,
+};
+use rdkafka::{
+    ClientConfig,
+    consumer::{BaseConsumer, Consumer},
+};
+
+use super::{Context, Error, kube_err};
+use crate::{
+    children::{configmap::job_file_sha256, meta::selector_string, names, statefulset},
+    plan::{Observed, StatefulSetState, WorkerPod},
+};
+
+/// The ConfigMap key of the last job file that ran healthy.
+pub const STABLE_JOB_FILE_KEY: &str = "stable.json";
+
+/// Reads everything the planner decides from.
+pub async fn observe(
+    ctx: &Context,
+    job: &StreamJob,
+    namespace: &str,
+    name: &str,
+) -> Result<Observed, Error> {
+    let client = ctx.client.clone();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let config_map = maps
+        .get_opt(&names::config_map(name))
+        .await
+        .map_err(kube_err("read the job ConfigMap"))?;
+    let read = |key: &str| {
+        config_map
+            .as_ref()
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(key))
+            .and_then(|text| JobFile::from_json(text).ok())
+    };
+    let deployed = read(JOB_FILE_KEY);
+    let stable = read(STABLE_JOB_FILE_KEY);
+    let deployed_hash = deployed.as_ref().and_then(|f| job_file_sha256(f).ok());
+    let runs_deployed = |annotations: Option<&BTreeMap<String, String>>| {
+        deployed_hash.is_some()
+            && annotations
+                .and_then(|a| a.get(statefulset::JOB_FILE_HASH_ANNOTATION))
+                .is_some_and(|h| Some(h) == deployed_hash.as_ref())
+    };
+
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let stateful_set = sets
+        .get_opt(&names::stateful_set(name))
+        .await
+        .map_err(kube_err("read the StatefulSet"))?
+        .map(|s| StatefulSetState {
+            replicas: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            ready_replicas: s
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+            runs_deployed: runs_deployed(
+                s.spec
+                    .as_ref()
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .and_then(|m| m.annotations.as_ref()),
+            ),
+        });
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&selector_string(name)))
+        .await
+        .map_err(kube_err("list the worker pods"))?;
+    let token = admin_token(&client, namespace, name).await?;
+    let mut worker_pods = Vec::new();
+    let mut workers = BTreeMap::new();
+    let mut savepoints = BTreeMap::new();
+    let in_progress = job
+        .status
+        .as_ref()
+        .and_then(|s| s.savepoint.as_ref())
+        .and_then(|s| s.in_progress.as_ref())
+        .map(|p| p.id.clone());
+    for pod in &pods.items {
+        let Some(ordinal) = ordinal_from_pod_name(&pod.name_any()) else {
+            continue;
+        };
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        worker_pods.push(WorkerPod {
+            ordinal,
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            runs_deployed: runs_deployed(pod.metadata.annotations.as_ref()),
+        });
+        let (Some(ip), Some(token)) = (
+            pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
+            token.as_deref(),
+        ) else {
+            continue;
+        };
+        let base = format!("http://{ip}:{}", admin_port(pod));
+        if let Some(status) =
+            get_json::<WorkerStatus>(ctx, &format!("{base}{STATUS_PATH}"), token).await
+        {
+            workers.insert(ordinal, status);
+        }
+        if let Some(id) = &in_progress
+            && let Some(result) =
+                get_json::<SavepointResult>(ctx, &format!("{base}{SAVEPOINTS_PATH}/{id}"), token)
+                    .await
+        {
+            savepoints.insert(ordinal, result);
+        }
+    }
+
+    let spec = job.spec.clone();
+    let partitions = partition_counts(&spec).await;
+    Ok(Observed {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        generation: job.metadata.generation.unwrap_or(0),
+        validation: oxbow_crds::validation::validate(&spec),
+        spec,
+        status: job.status.clone().unwrap_or_default(),
+        deployed,
+        stable,
+        stateful_set,
+        pods: worker_pods,
+        workers,
+        savepoints,
+        partitions,
+        now: Timestamp::now(),
+    })
+}
+
+/// The admin port a pod declares (the harness of the tests runs workers on other ports).
+fn admin_port(pod: &Pod) -> u16 {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADMIN_PORT_ANNOTATION))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(ADMIN_PORT)
+}
+
+/// A pod annotation overriding the admin port, for workers that do not listen on
+/// [`ADMIN_PORT`] (processes sharing one host in tests).
+pub const ADMIN_PORT_ANNOTATION: &str = "oxbow.dev/admin-port";
+
+/// The job's admin token, if its Secret exists.
+pub async fn admin_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get_opt(&names::admin_secret(name))
+        .await
+        .map_err(kube_err("read the admin Secret"))?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok()))
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    ctx: &Context,
+    url: &str,
+    token: &str,
+) -> Option<T> {
+    let response = ctx.http.get(url).bearer_auth(token).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// Partition counts of the spec's source topics that exist; empty when the broker does not
+/// answer (the planner waits rather than guessing).
+async fn partition_counts(spec: &oxbow_crds::StreamJobSpec) -> BTreeMap<String, i32> {
+    let bootstrap = spec.kafka.bootstrap_servers.clone();
+    let properties = spec.kafka.properties.clone();
+    let topics = spec.source.topics.clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &bootstrap);
+        for (k, v) in &properties {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().ok()?;
+        let mut counts = BTreeMap::new();
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            let n = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len());
+            if n > 0 {
+                counts.insert(topic, i32::try_from(n).unwrap_or(i32::MAX));
+            }
+        }
+        Some(counts)
+    })
+    .await;
+    counts.ok().flatten().unwrap_or_default()
+}
