@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 
 pub mod kafka;
 pub mod kube_env;
+pub mod kubelet;
 pub mod s3;
 pub mod windows;
 pub mod worker;

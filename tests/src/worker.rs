@@ -38,12 +38,23 @@ pub struct WorkerProcess {
     child: Option<Child>,
     /// Its admin API port.
     pub port: u16,
+    token: String,
     http: reqwest::Client,
 }
 
 impl WorkerProcess {
     /// Starts `oxbow-worker run --job <file> --ordinal <ordinal>` with `env`.
     pub fn start(job_file: &Path, ordinal: u32, env: &[(String, String)]) -> anyhow::Result<Self> {
+        Self::start_with_token(job_file, ordinal, env, TOKEN)
+    }
+
+    /// The same with the admin token `token`.
+    pub fn start_with_token(
+        job_file: &Path,
+        ordinal: u32,
+        env: &[(String, String)],
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let binary = binary();
         if !binary.exists() {
             bail!(
@@ -57,7 +68,7 @@ impl WorkerProcess {
             .arg(job_file)
             .args(["--ordinal", &ordinal.to_string()])
             .args(["--admin-addr", &format!("127.0.0.1:{port}")])
-            .env("OXBOW_ADMIN_TOKEN", TOKEN)
+            .env("OXBOW_ADMIN_TOKEN", token)
             // OXBOW_TEST_WORKER_LOG=debug shows what the workers do.
             .env(
                 "OXBOW_LOG",
@@ -69,6 +80,7 @@ impl WorkerProcess {
         Ok(WorkerProcess {
             child: Some(child),
             port,
+            token: token.to_owned(),
             http: reqwest::Client::new(),
         })
     }
@@ -82,7 +94,7 @@ impl WorkerProcess {
     pub async fn status(&self) -> Option<WorkerStatus> {
         self.http
             .get(self.url("/v1/status"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(&self.token)
             .send()
             .await
             .ok()?
