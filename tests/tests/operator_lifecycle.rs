@@ -1,7 +1,9 @@
 //! End to end: the operator against the real control plane, with the stand-in kubelet running
 //! each worker pod as a real `oxbow-worker` process against a real broker. A StreamJob deploys,
 //! its two workers restore and process, every window result reaches the sink exactly once, and
-//! the status says Running and Ready.
+//! the status says Running and Ready. Then `kubectl scale --replicas=3` (the scale subresource)
+//! rescales it through a stop-with-savepoint: three workers restore the savepoint and go on, and
+//! the sink still holds every result exactly once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kube::{
     Api,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use oxbow_crds::{StreamJob, streamjob::Phase};
 use oxbow_operator::{children::WorkerDefaults, controller};
@@ -105,7 +107,44 @@ spec:
             .unwrap();
         events.push(e);
     }
-    let closing = base + 25 * 400 + 5_000;
+    // Rescale to three workers through the scale subresource, as `kubectl scale` does.
+    let scale = serde_json::json!({"spec": {"replicas": 3}});
+    let rescale_at = Instant::now();
+    jobs.patch_scale("sums", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    let status = eventually(
+        "the rescale to finish",
+        Duration::from_secs(120),
+        async || {
+            jobs.get("sums").await.ok()?.status.filter(|s| {
+                s.phase == Some(Phase::Running)
+                    && s.ready_replicas == 3
+                    && s.operation.is_none()
+                    && s.assignment.as_ref().is_some_and(|a| a.workers.len() == 3)
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", status_now(&jobs)));
+    let rescale_took = rescale_at.elapsed();
+    let savepoint = status.savepoint.and_then(|s| s.last).expect("a savepoint");
+    assert!(savepoint.path.contains("/savepoints/"), "{savepoint:?}");
+    assert_eq!(
+        status.restored_from.map(|r| r.path),
+        Some(savepoint.path.clone()),
+        "the new generation restored from the rescale's savepoint"
+    );
+
+    // More input after the rescale; every window of both phases exactly once.
+    for i in 400..800_i64 {
+        let e = (i % 6, i % 7, base + 25 * i);
+        kafka::send_event(&producer, &input, (e.0 % 2) as i32, e)
+            .await
+            .unwrap();
+        events.push(e);
+    }
+    let closing = base + 25 * 800 + 5_000;
     for k in 0..6 {
         kafka::send_event(&producer, &input, (k % 2) as i32, (k, 0, closing))
             .await
@@ -125,8 +164,9 @@ spec:
     .unwrap();
     windows::assert_exactly(&got, &want);
     eprintln!(
-        "deploy to Running and Ready: {} ms",
-        ready_after.as_millis()
+        "deploy to Running and Ready: {} ms; rescale 2 -> 3 to Running and Ready: {} ms",
+        ready_after.as_millis(),
+        rescale_took.as_millis()
     );
 
     jobs.delete("sums", &DeleteParams::foreground())
@@ -134,4 +174,18 @@ spec:
         .unwrap();
     kubelet.shutdown().await;
     operator.abort();
+}
+
+fn status_now(jobs: &Api<StreamJob>) -> Option<oxbow_crds::StreamJobStatus> {
+    let jobs = jobs.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .ok()?
+            .block_on(jobs.get("sums"))
+            .ok()?
+            .status
+    })
+    .join()
+    .ok()
+    .flatten()
 }

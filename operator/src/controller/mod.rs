@@ -135,12 +135,16 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Requeue
     if plan.needs_record(&observed.status) {
         let mut recorded = observed.status.clone();
         plan.record.apply_to(&mut recorded);
-        patch_status(&jobs, &name, &recorded).await?;
+        patch_status(&jobs, &name, &observed.status, &recorded).await?;
     }
     let requeue = act::act(&ctx, &job, &observed, &plan).await?;
+    // Fencing records its next step itself; the status follows on the next reconcile.
+    if matches!(plan.action, plan::Action::Fence { .. }) {
+        return Ok(requeue);
+    }
     let status = plan::status::compute(&observed, &plan);
     if status != observed.status {
-        patch_status(&jobs, &name, &status).await?;
+        patch_status(&jobs, &name, &observed.status, &status).await?;
     }
     Ok(requeue)
 }
@@ -148,14 +152,33 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Requeue
 async fn patch_status(
     jobs: &Api<StreamJob>,
     name: &str,
+    old: &oxbow_crds::StreamJobStatus,
     status: &oxbow_crds::StreamJobStatus,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
+    let mut new = serde_json::to_value(status).unwrap_or_default();
+    let old = serde_json::to_value(old).unwrap_or_default();
+    null_removed(&old, &mut new);
+    let patch = serde_json::json!({ "status": new });
     tracing::debug!(%patch, "patching the status");
     jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(kube_err("patch the StreamJob status"))?;
     Ok(())
+}
+
+/// A JSON merge patch keeps what it does not mention: fields the new status dropped (an
+/// operation that ended, a savepoint no longer in progress) are sent as `null` to remove them.
+fn null_removed(old: &serde_json::Value, new: &mut serde_json::Value) {
+    if let (Some(old), Some(new)) = (old.as_object(), new.as_object_mut()) {
+        for (key, value) in old {
+            match new.get_mut(key) {
+                None => {
+                    new.insert(key.clone(), serde_json::Value::Null);
+                }
+                Some(next) => null_removed(value, next),
+            }
+        }
+    }
 }
 
 fn error_policy(_job: Arc<StreamJob>, error: &Error, _ctx: Arc<Context>) -> Requeue {
@@ -214,4 +237,18 @@ pub async fn run(client: Client, namespace: Option<&str>, defaults: WorkerDefaul
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dropped_fields_are_sent_as_null() {
+        let old = serde_json::json!({"operation": {"step": "Verifying"}, "savepoint": {"last": 1, "inProgress": {"id": "a"}}, "phase": "Running"});
+        let mut new = serde_json::json!({"savepoint": {"last": 2}, "phase": "Running"});
+        super::null_removed(&old, &mut new);
+        assert_eq!(
+            new,
+            serde_json::json!({"operation": null, "savepoint": {"last": 2, "inProgress": null}, "phase": "Running"})
+        );
+    }
 }

@@ -41,6 +41,17 @@ pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
     }
     let now = Time(o.now);
     let healthy = deployed.is_some_and(|d| o.all_healthy(d));
+    // What the running generation restored from, once every worker of it has.
+    if let Some(d) = deployed
+        && healthy
+        && let oxbow_crds::jobfile::Restore::Savepoint { path } = &d.restore
+        && s.restored_from.as_ref().is_none_or(|r| r.path != *path)
+    {
+        s.restored_from = Some(oxbow_crds::streamjob::RestoredFrom {
+            path: path.clone(),
+            at: now.clone(),
+        });
+    }
 
     let ready = match phase {
         Phase::Running if healthy => cond(
