@@ -176,6 +176,160 @@ spec:
     operator.abort();
 }
 
+/// A savepoint nonce takes a savepoint while the job keeps running; suspending stops every worker
+/// with a savepoint and scales to zero; resuming restores from it; nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_nonce_then_suspend_and_resume_keep_every_result_exactly_once() {
+    let client = kube_env::client().await.unwrap();
+    kube_env::install_crd(&client).await.unwrap();
+    let ns = kube_env::test_namespace(&client, "suspend").await.unwrap();
+    let bootstrap = kafka::bootstrap();
+    let (input, output) = (unique_name("sr-in"), unique_name("sr-out"));
+    kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
+    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
+    let storage = std::env::temp_dir().join(unique_name("oxbow-suspend"));
+    std::fs::create_dir_all(&storage).unwrap();
+    let operator = tokio::spawn({
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let defaults = WorkerDefaults {
+                image: "oxbow-worker:test".into(),
+            };
+            controller::run(client, Some(&ns), defaults).await;
+        }
+    });
+    let kubelet = Kubelet::start(client.clone(), &ns, Vec::new());
+    let job = oxbow_crds::parse_manifest(&format!(
+        r#"
+apiVersion: oxbow.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: sums}}
+spec:
+  replicas: 1
+  kafka: {{bootstrapServers: "{bootstrap}"}}
+  source: {{topics: [{input}], eventTime: {{field: ts, grace: 0s}}, partitionedBy: "k"}}
+  pipeline:
+    - keyBy: "k"
+    - window: {{tumbling: 1s}}
+      aggregate: {{n: "count()", total: "sum(v)"}}
+  sink: {{topic: {output}}}
+  checkpoint: {{storage: "file://{}", interval: 500ms}}
+"#,
+        storage.display()
+    ))
+    .unwrap();
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let timeout = Duration::from_secs(90);
+    let running = async |replicas: i32| {
+        eventually("the job to be Running", timeout, async || {
+            jobs.get("sums").await.ok()?.status.filter(|s| {
+                s.phase == Some(Phase::Running)
+                    && s.ready_replicas == replicas
+                    && s.operation.is_none()
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", status_now(&jobs)))
+    };
+    running(1).await;
+
+    let base = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        now - now % 1000
+    };
+    let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
+    let mut events = Vec::new();
+    let send = async |from: i64, to: i64, events: &mut Vec<(i64, i64, i64)>| {
+        for i in from..to {
+            let e = (i % 6, i % 7, base + 25 * i);
+            kafka::send_event(&producer, &input, (e.0 % 2) as i32, e)
+                .await
+                .unwrap();
+            events.push(e);
+        }
+    };
+    send(0, 200, &mut events).await;
+
+    // A manual savepoint: the job keeps running.
+    let nonce = serde_json::json!({"spec": {"savepoint": {"triggerNonce": 1}}});
+    jobs.patch("sums", &PatchParams::default(), &Patch::Merge(&nonce))
+        .await
+        .unwrap();
+    let manual = eventually("the manual savepoint", timeout, async || {
+        jobs.get("sums")
+            .await
+            .ok()?
+            .status?
+            .savepoint?
+            .last
+            .filter(|l| l.trigger == oxbow_crds::streamjob::SavepointTrigger::Manual)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", status_now(&jobs)));
+    assert!(manual.path.contains("/savepoints/"), "{manual:?}");
+    running(1).await;
+
+    // Suspend: a savepoint, then no worker runs.
+    send(200, 300, &mut events).await;
+    let suspend = serde_json::json!({"spec": {"state": "suspended"}});
+    jobs.patch("sums", &PatchParams::default(), &Patch::Merge(&suspend))
+        .await
+        .unwrap();
+    eventually("the job to be Suspended", timeout, async || {
+        jobs.get("sums")
+            .await
+            .ok()?
+            .status
+            .filter(|s| s.phase == Some(Phase::Suspended) && s.replicas == 0)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", status_now(&jobs)));
+    // Input while suspended waits in Kafka.
+    send(300, 400, &mut events).await;
+
+    // Resume: the workers restore from the suspend savepoint and catch up.
+    let resume = serde_json::json!({"spec": {"state": "running"}});
+    jobs.patch("sums", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .unwrap();
+    let status = running(1).await;
+    let last = status.savepoint.and_then(|s| s.last).expect("a savepoint");
+    assert_eq!(
+        last.trigger,
+        oxbow_crds::streamjob::SavepointTrigger::Suspend
+    );
+    assert_eq!(status.restored_from.map(|r| r.path), Some(last.path));
+
+    let closing = base + 25 * 400 + 5_000;
+    for k in 0..6 {
+        kafka::send_event(&producer, &input, (k % 2) as i32, (k, 0, closing))
+            .await
+            .unwrap();
+        events.push((k, 0, closing));
+    }
+    let want = windows::expected(&events, closing);
+    let got = eventually(
+        "every window in the sink",
+        Duration::from_secs(60),
+        async || {
+            let got = windows::results(&bootstrap, &output, Duration::from_millis(500)).ok()?;
+            (got.len() >= want.len()).then_some(got)
+        },
+    )
+    .await
+    .unwrap();
+    windows::assert_exactly(&got, &want);
+    jobs.delete("sums", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    kubelet.shutdown().await;
+    operator.abort();
+}
+
 fn status_now(jobs: &Api<StreamJob>) -> Option<oxbow_crds::StreamJobStatus> {
     let jobs = jobs.clone();
     std::thread::spawn(move || {
