@@ -198,12 +198,7 @@ impl PrivateBroker {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let cache = std::env::var_os("OXBOW_CACHE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/oxbow"))
-            })
-            .context("neither OXBOW_CACHE nor HOME is set")?;
+        let cache = crate::cache_dir()?;
         let binary = cache.join("bin/noida-db");
         let child = std::process::Command::new(&binary)
             .args(["start", "--only", "kafka", "--host", "127.0.0.1"])

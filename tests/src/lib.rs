@@ -102,6 +102,14 @@ fn provide(component: Component) -> anyhow::Result<Vars> {
 }
 
 /// The repository root.
+/// Where `tests/env/install.sh` caches the components: `OXBOW_CACHE`, or `~/.cache/oxbow`.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    std::env::var_os("OXBOW_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/oxbow")))
+        .context("neither OXBOW_CACHE nor HOME is set")
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

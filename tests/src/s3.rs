@@ -33,12 +33,7 @@ pub struct PrivateS3 {
 impl PrivateS3 {
     /// Starts moto from the environment's virtualenv on a free port and creates `bucket`.
     pub async fn start(bucket: &str) -> anyhow::Result<Self> {
-        let cache = std::env::var_os("OXBOW_CACHE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/oxbow"))
-            })
-            .context("neither OXBOW_CACHE nor HOME is set")?;
+        let cache = crate::cache_dir()?;
         let python = cache.join("venv/bin/python");
         let port = crate::worker::free_port();
         let child = std::process::Command::new(&python)

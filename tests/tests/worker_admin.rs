@@ -103,16 +103,7 @@ spec:
         401
     );
     let status: WorkerStatus = eventually("the status to count 10 records", async || {
-        let s: WorkerStatus = http
-            .get(url("/v1/status"))
-            .bearer_auth(worker::TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (s.records_in == 10).then_some(s)
+        child.status().await.filter(|s| s.records_in == 10)
     })
     .await;
     assert_eq!(status.partitions.len(), 1);
@@ -120,14 +111,7 @@ spec:
     eventually(
         "metrics to count the records and a checkpoint",
         async || {
-            let text = http
-                .get(url("/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = child.metrics().await?;
             let counted =
                 format!("oxbow_worker_records_in_total{{topic=\"{input}\",partition=\"0\"}} 10");
             (text.contains(&counted) && text.contains("oxbow_worker_checkpoints_total"))
@@ -171,15 +155,7 @@ spec:
     .await;
     produce(&bootstrap, &input, 10, 5).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status: WorkerStatus = http
-        .get(url("/v1/status"))
-        .bearer_auth(worker::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: WorkerStatus = child.status().await.unwrap();
     assert_eq!(status.records_in, 10, "an idle worker consumes nothing");
     assert_eq!(
         http.get(url("/v1/savepoints/nope"))

@@ -33,6 +33,31 @@ spec:
   checkpoint: {storage: "file:///tmp/oxbow-bench"}
 "#;
 
+/// The reference job reading `input` and writing `output` on `bootstrap`, checkpointing to the
+/// local directory `storage` every `interval`.
+pub fn reference_job_yaml(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    storage: &std::path::Path,
+    interval: &str,
+) -> String {
+    REFERENCE_JOB
+        .replace("127.0.0.1:9092", bootstrap)
+        .replace("topics: [events]", &format!("topics: [{input}]"))
+        .replace(
+            "sink: {topic: results}",
+            &format!("sink: {{topic: {output}}}"),
+        )
+        .replace(
+            "checkpoint: {storage: \"file:///tmp/oxbow-bench\"}",
+            &format!(
+                "checkpoint: {{storage: \"file://{}\", interval: {interval}}}",
+                storage.display()
+            ),
+        )
+}
+
 /// splitmix64.
 #[derive(Clone, Debug)]
 pub struct SplitMix64(u64);

@@ -23,7 +23,7 @@ use rdkafka::{
 };
 
 use crate::{
-    bench::{Generator, REFERENCE_JOB, encode_event},
+    bench::{Generator, encode_event, reference_job_yaml},
     runtime::{Worker, WorkerConfig},
 };
 
@@ -128,19 +128,7 @@ fn worker_run(
 ) -> Result<Duration, String> {
     let dir = std::env::temp_dir().join(format!("oxbow-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let yaml = REFERENCE_JOB
-        .replace("topics: [events]", &format!("topics: [{input}]"))
-        .replace(
-            "sink: {topic: results}",
-            &format!("sink: {{topic: {output}}}"),
-        )
-        .replace(
-            "checkpoint: {storage: \"file:///tmp/oxbow-bench\"}",
-            &format!(
-                "checkpoint: {{storage: \"file://{}\", interval: {interval}}}",
-                dir.display()
-            ),
-        );
+    let yaml = reference_job_yaml(bootstrap, input, output, &dir, interval);
     let spec = oxbow_crds::parse_manifest(&yaml)
         .map_err(|e| e.to_string())?
         .spec;

@@ -25,7 +25,7 @@ use oxbow_crds::{
 };
 
 use crate::{
-    bench::{Generator, REFERENCE_JOB, encode_event},
+    bench::{Generator, encode_event, reference_job_yaml},
     bench_kafka::{create_topics, producer, send},
 };
 
@@ -128,20 +128,7 @@ pub fn run(bootstrap: &str) -> Result<String, String> {
     create_topics(bootstrap, &[&input, &output])?;
     let dir = std::env::temp_dir().join(format!("oxbow-bench-recovery-{id}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let yaml = REFERENCE_JOB
-        .replace("127.0.0.1:9092", bootstrap)
-        .replace("topics: [events]", &format!("topics: [{input}]"))
-        .replace(
-            "sink: {topic: results}",
-            &format!("sink: {{topic: {output}}}"),
-        )
-        .replace(
-            "checkpoint: {storage: \"file:///tmp/oxbow-bench\"}",
-            &format!(
-                "checkpoint: {{storage: \"file://{}\", interval: 1s}}",
-                dir.display()
-            ),
-        );
+    let yaml = reference_job_yaml(bootstrap, &input, &output, &dir, "1s");
     let spec = oxbow_crds::parse_manifest(&yaml)
         .map_err(|e| e.to_string())?
         .spec;
