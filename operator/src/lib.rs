@@ -11,4 +11,5 @@
 pub mod children;
 pub mod controller;
 pub mod diff;
+pub mod metrics;
 pub mod plan;

@@ -61,10 +61,11 @@ async fn a_streamjob_becomes_its_children_and_an_invalid_one_is_reported() {
         async move {
             controller::run(
                 client,
-                Some(&ns),
+                &[ns],
                 WorkerDefaults {
                     image: "oxbow-worker:test".into(),
                 },
+                Default::default(),
             )
             .await;
         }

@@ -59,7 +59,7 @@ impl Setup {
                 let defaults = WorkerDefaults {
                     image: "oxbow-worker:test".into(),
                 };
-                controller::run(client, Some(&ns), defaults).await;
+                controller::run(client, &[ns], defaults, Default::default()).await;
             }
         });
         let kubelet = Kubelet::start(client.clone(), &ns, Vec::new());

@@ -172,9 +172,16 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     registry: Registry,
     commands: Mutex<mpsc::Sender<Command>>,
+    /// The job's checkpoint store, for disposing of savepoints.
+    store: std::sync::OnceLock<crate::checkpoint::store::CheckpointStore>,
 }
 
 impl Shared {
+    /// Gives the API the job's checkpoint store (for savepoint disposal).
+    pub fn set_store(&self, store: crate::checkpoint::store::CheckpointStore) {
+        let _ = self.store.set(store);
+    }
+
     /// State for a worker of `ordinal`; commands arrive on the returned receiver.
     pub fn new(token: String, ordinal: u32) -> (Arc<Self>, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel();
@@ -201,6 +208,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             metrics,
             registry,
+            store: std::sync::OnceLock::new(),
             commands: Mutex::new(tx),
         };
         (Arc::new(shared), rx)
@@ -248,7 +256,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(METRICS_PATH, get(metrics))
         .route(STATUS_PATH, get(status))
         .route(SAVEPOINTS_PATH, post(trigger_savepoint))
-        .route(&format!("{SAVEPOINTS_PATH}/{{id}}"), get(savepoint))
+        .route(
+            &format!("{SAVEPOINTS_PATH}/{{id}}"),
+            get(savepoint).delete(dispose_savepoint),
+        )
         .with_state(shared)
 }
 
@@ -348,6 +359,41 @@ async fn savepoint(
         )
             .into_response(),
     }
+}
+
+/// `DELETE /v1/savepoints/{id}`: deletes every object of the savepoint from the job's
+/// storage (the operator disposes of savepoints beyond `historyLimit` through a worker, which
+/// holds the storage credentials). Deleting a savepoint that is gone is not an error.
+async fn dispose_savepoint(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !s.authorized(&headers) {
+        return unauthorized();
+    }
+    if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a savepoint id\n"),
+        )
+            .into_response();
+    }
+    let Some(store) = s.store.get() else {
+        return (StatusCode::CONFLICT, "this job has no checkpoint storage\n").into_response();
+    };
+    let dir = format!("{}/", oxbow_crds::checkpoint::savepoint_dir(&id));
+    let keys = match store.list(&dir).await {
+        Ok(keys) => keys,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    };
+    for key in &keys {
+        if let Err(e) = store.delete(key).await {
+            return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response();
+        }
+    }
+    tracing::info!(savepoint = %id, objects = keys.len(), "disposed of a savepoint");
+    Json(serde_json::json!({"id": id, "deletedObjects": keys.len()})).into_response()
 }
 
 /// Why the API could not start.

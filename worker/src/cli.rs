@@ -187,6 +187,19 @@ pub fn run(config: WorkerConfig, options: &RunOptions) -> Result<(), RunError> {
         .admin_addr
         .clone()
         .unwrap_or_else(|| format!("0.0.0.0:{ADMIN_PORT}"));
+    if let Some(c) = config.job.spec.checkpoint.as_ref()
+        && let Ok(store) = crate::checkpoint::store::CheckpointStore::open(
+            &c.storage,
+            &config.job.namespace,
+            &config.job.name,
+        )
+    {
+        let timeout = c
+            .timeout
+            .parse()
+            .unwrap_or(std::time::Duration::from_secs(60));
+        shared.set_store(store.with_timeout(timeout));
+    }
     let bound = admin::serve(&addr, std::sync::Arc::clone(&shared))?;
     tracing::info!(%job, ordinal, generation = config.job.assignment.generation, admin = %bound, "starting");
     let mut worker = Worker::start(config)?;

@@ -18,17 +18,24 @@ pub enum ConditionType {
     LagHigh,
     /// An upgrade waits because its savepoint failed and the policy is `block`.
     UpgradeBlocked,
+    /// kstatus: the operator is working towards the spec (mirrors Progressing).
+    Reconciling,
+    /// kstatus: the operator cannot make progress without the user (the job Failed, or an
+    /// upgrade is blocked).
+    Stalled,
 }
 
 impl ConditionType {
     /// Every condition type, in the order they are reported.
-    pub const ALL: [ConditionType; 6] = [
+    pub const ALL: [ConditionType; 8] = [
         ConditionType::Ready,
         ConditionType::Progressing,
         ConditionType::Degraded,
         ConditionType::CheckpointStale,
         ConditionType::LagHigh,
         ConditionType::UpgradeBlocked,
+        ConditionType::Reconciling,
+        ConditionType::Stalled,
     ];
 
     /// The type as written in the status.
@@ -40,6 +47,8 @@ impl ConditionType {
             ConditionType::CheckpointStale => "CheckpointStale",
             ConditionType::LagHigh => "LagHigh",
             ConditionType::UpgradeBlocked => "UpgradeBlocked",
+            ConditionType::Reconciling => "Reconciling",
+            ConditionType::Stalled => "Stalled",
         }
     }
 }

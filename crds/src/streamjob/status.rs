@@ -216,6 +216,20 @@ pub enum SavepointTrigger {
     Delete,
 }
 
+impl SavepointTrigger {
+    /// The trigger as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SavepointTrigger::Upgrade => "Upgrade",
+            SavepointTrigger::Rescale => "Rescale",
+            SavepointTrigger::Suspend => "Suspend",
+            SavepointTrigger::Manual => "Manual",
+            SavepointTrigger::Periodic => "Periodic",
+            SavepointTrigger::Delete => "Delete",
+        }
+    }
+}
+
 /// Consumer lag, from the source high watermarks minus the job group's committed offsets.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -289,6 +303,19 @@ pub enum OperationType {
     Resume,
     /// Return to the last stable spec.
     Rollback,
+}
+
+impl OperationType {
+    /// The type as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationType::Upgrade => "Upgrade",
+            OperationType::Rescale => "Rescale",
+            OperationType::Suspend => "Suspend",
+            OperationType::Resume => "Resume",
+            OperationType::Rollback => "Rollback",
+        }
+    }
 }
 
 /// Step of an operation.

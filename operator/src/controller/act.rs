@@ -112,26 +112,17 @@ pub async fn act(
             let token = observe::admin_token(&ctx.client, ns, &o.name)
                 .await?
                 .unwrap_or_default();
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
             for ordinal in ordinals {
-                let Ok(pod) = pods.get(&names::pod(&o.name, *ordinal)).await else {
+                let Some(base) = worker_base_url(ctx, ns, &o.name, *ordinal).await else {
                     continue;
                 };
-                let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-                    continue;
-                };
-                let port = pod
-                    .annotations()
-                    .get(observe::ADMIN_PORT_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_else(|| oxbow_crds::admin::ADMIN_PORT.to_string());
                 let request = SavepointRequest {
                     id: id.clone(),
                     stop: *stop,
                 };
                 let sent = ctx
                     .http
-                    .post(format!("http://{ip}:{port}{SAVEPOINTS_PATH}"))
+                    .post(format!("{base}{SAVEPOINTS_PATH}"))
                     .bearer_auth(&token)
                     .json(&request)
                     .send()
@@ -141,6 +132,71 @@ pub async fn act(
                 }
             }
             Ok(Requeue::requeue(Duration::from_secs(1)))
+        }
+        Action::DisposeSavepoints {
+            savepoints,
+            ordinal,
+        } => {
+            let token = observe::admin_token(&ctx.client, ns, &o.name)
+                .await?
+                .unwrap_or_default();
+            let base = worker_base_url(ctx, ns, &o.name, *ordinal)
+                .await
+                .ok_or(Error::Dispose {
+                    message: format!("worker {ordinal} has no address"),
+                })?;
+            for sp in savepoints {
+                let response = ctx
+                    .http
+                    .delete(format!("{base}{SAVEPOINTS_PATH}/{}", sp.id))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| Error::Dispose {
+                        message: format!("savepoint {} at {}: {e}", sp.id, sp.path),
+                    })?;
+                tracing::info!(savepoint = %sp.id, path = %sp.path, status = %response.status(), "disposed of a savepoint beyond the history limit");
+            }
+            let ids: Vec<&str> = savepoints.iter().map(|s| s.id.as_str()).collect();
+            publish(
+                ctx,
+                job,
+                EventType::Normal,
+                "SavepointsDisposed",
+                &format!(
+                    "Deleted savepoints {ids:?} from storage (savepoint.historyLimit {})",
+                    o.spec.savepoint.history_limit
+                ),
+            )
+            .await;
+            Ok(Requeue::requeue(Duration::from_secs(1)))
+        }
+        Action::AddFinalizer | Action::RemoveFinalizer { .. } => {
+            let add = matches!(plan.action, Action::AddFinalizer);
+            let mut finalizers = job.finalizers().to_vec();
+            finalizers.retain(|f| f != FINALIZER);
+            if add {
+                finalizers.push(FINALIZER.to_owned());
+            }
+            let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), ns);
+            let patch = serde_json::json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": job.resource_version(),
+            }});
+            jobs.patch(&o.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(kube_err("update the StreamJob's finalizers"))?;
+            if let Action::RemoveFinalizer { reason, message } = &plan.action {
+                let type_ = match *reason {
+                    "FinalSavepointTaken" | "NothingToSave" | "FinalSavepointDisabled" => {
+                        EventType::Normal
+                    }
+                    _ => EventType::Warning,
+                };
+                publish(ctx, job, type_, reason, message).await;
+            }
+            Ok(Requeue::requeue(Duration::from_millis(200)))
         }
         Action::WaitForSavepoint { requeue_after, .. } => Ok(Requeue::requeue(*requeue_after)),
         Action::Fence {
@@ -166,6 +222,18 @@ pub async fn act(
         Action::Wait { requeue_after, .. } => Ok(Requeue::requeue(*requeue_after)),
         Action::Nothing => Ok(Requeue::requeue(RESYNC)),
     }
+}
+
+/// The finalizer that holds a StreamJob's deletion until its final savepoint
+/// (`savepoint.onDelete`).
+pub const FINALIZER: &str = "oxbow.dev/final-savepoint";
+
+/// `http://<pod IP>:<admin port>` of worker `ordinal`, if its pod has an address.
+async fn worker_base_url(ctx: &Context, ns: &str, name: &str, ordinal: u32) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pod = pods.get(&names::pod(name, ordinal)).await.ok()?;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone())?;
+    Some(format!("http://{ip}:{}", observe::admin_port(&pod)))
 }
 
 /// Applies every child server-side under one field manager, the Secret's token kept once

@@ -54,6 +54,12 @@ pub enum Error {
     /// The StreamJob lacks a namespace or a name.
     #[error("the StreamJob has no {0}")]
     Metadata(&'static str),
+    /// A worker could not delete a savepoint beyond the history limit.
+    #[error("failed to dispose of a savepoint: {message}")]
+    Dispose {
+        /// Why.
+        message: String,
+    },
     /// Fencing a transactional id failed.
     #[error("failed to fence transactional id {id}: {message}")]
     Fence {
@@ -72,6 +78,7 @@ impl Error {
             Error::Build(_) => "BuildFailed",
             Error::Metadata(_) => "MissingMetadata",
             Error::Fence { .. } => "FenceFailed",
+            Error::Dispose { .. } => "DisposeFailed",
         }
     }
 }
@@ -92,7 +99,25 @@ pub struct Context {
     pub recorder: Recorder,
     /// The cluster serves `policy/v1` PodDisruptionBudgets (Kubernetes 1.21 and later).
     pub pdb_supported: bool,
+    /// Each job's last committed-offset sample, for its commit rate.
+    commits: std::sync::Mutex<std::collections::HashMap<(String, String), CommitSample>>,
+    /// Operator metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// Committed offsets summed over a job's input partitions, at one time.
+#[derive(Clone, Copy, Debug)]
+struct CommitSample {
+    at: std::time::Instant,
+    committed: i64,
+    /// Since when the committed offsets stand still with records waiting.
+    stalled_since: Option<std::time::Instant>,
+    /// The rate measured when this sample was taken.
+    rate: Option<f64>,
+}
+
+/// Samples closer together than this do not give a rate.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +128,69 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// The job's progress from `partitions`, with its commit rate over the last
+    /// [`RATE_WINDOW`] or more, and how long its offsets have stood still.
+    pub(crate) fn progress(
+        &self,
+        namespace: &str,
+        name: &str,
+        partitions: Vec<plan::PartitionOffsets>,
+    ) -> plan::KafkaProgress {
+        let now = std::time::Instant::now();
+        let committed: i64 = partitions.iter().filter_map(|p| p.committed).sum();
+        let waiting = partitions
+            .iter()
+            .any(|p| p.committed.is_some_and(|c| c < p.high_watermark));
+        let key = (namespace.to_owned(), name.to_owned());
+        let Ok(mut samples) = self.commits.lock() else {
+            return plan::KafkaProgress {
+                partitions,
+                ..Default::default()
+            };
+        };
+        let previous = samples.get(&key).copied();
+        let (commit_rate, stalled_since) = match previous {
+            Some(p) if now.duration_since(p.at) >= RATE_WINDOW => {
+                let moved = committed != p.committed;
+                #[allow(clippy::cast_precision_loss)]
+                let rate = (committed - p.committed).max(0) as f64
+                    / now.duration_since(p.at).as_secs_f64();
+                let stalled = match (moved, waiting) {
+                    (false, true) => Some(p.stalled_since.unwrap_or(p.at)),
+                    _ => None,
+                };
+                samples.insert(
+                    key,
+                    CommitSample {
+                        at: now,
+                        committed,
+                        stalled_since: stalled,
+                        rate: Some(rate),
+                    },
+                );
+                (Some(rate), stalled)
+            }
+            Some(p) => (p.rate, p.stalled_since),
+            None => {
+                samples.insert(
+                    key,
+                    CommitSample {
+                        at: now,
+                        committed,
+                        stalled_since: None,
+                        rate: None,
+                    },
+                );
+                (None, None)
+            }
+        };
+        plan::KafkaProgress {
+            partitions,
+            commit_rate,
+            stalled_for: stalled_since.map(|s| now.duration_since(s)),
+        }
+    }
+
     /// A context for `client`.
     pub fn new(client: Client, defaults: WorkerDefaults, pdb_supported: bool) -> Self {
         let reporter = Reporter {
@@ -112,6 +200,8 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             pdb_supported,
+            commits: std::sync::Mutex::default(),
+            metrics: Arc::default(),
             client,
             defaults,
             http: reqwest::Client::builder()
@@ -122,12 +212,30 @@ impl Context {
     }
 }
 
-/// One reconcile of one StreamJob.
+/// One reconcile of one StreamJob, counted and timed.
 #[tracing::instrument(skip_all, fields(job = %job.name_any(), namespace = job.namespace().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(job, &ctx).await;
+    let m = &ctx.metrics;
+    m.reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    m.reconciles
+        .get_or_create(&crate::metrics::ResultLabel { result: outcome })
+        .inc();
+    if let Err(e) = &result {
+        m.reconcile_failures
+            .get_or_create(&crate::metrics::ReasonLabel { reason: e.reason() })
+            .inc();
+    }
+    result
+}
+
+async fn reconcile_once(job: Arc<StreamJob>, ctx: &Context) -> Result<Requeue, Error> {
     let namespace = job.namespace().ok_or(Error::Metadata("namespace"))?;
     let name = job.name_any();
-    let observed = observe::observe(&ctx, &job, &namespace, &name).await?;
+    let observed = observe::observe(ctx, &job, &namespace, &name).await?;
     let plan = plan::plan(&observed);
     tracing::debug!(action = plan.action.as_str(), "planned");
     let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -137,16 +245,55 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Requeue
         plan.record.apply_to(&mut recorded);
         patch_status(&jobs, &name, &observed.status, &recorded).await?;
     }
-    let requeue = act::act(&ctx, &job, &observed, &plan).await?;
-    // Fencing records its next step itself; the status follows on the next reconcile.
-    if matches!(plan.action, plan::Action::Fence { .. }) {
+    let requeue = act::act(ctx, &job, &observed, &plan).await?;
+    // Fencing records its next step itself, and a job without its finalizer may be gone:
+    // the status follows on the next reconcile.
+    if matches!(
+        plan.action,
+        plan::Action::Fence { .. } | plan::Action::RemoveFinalizer { .. }
+    ) {
         return Ok(requeue);
     }
     let status = plan::status::compute(&observed, &plan);
+    observe_durations(&ctx.metrics, &observed, &status);
     if status != observed.status {
         patch_status(&jobs, &name, &observed.status, &status).await?;
     }
     Ok(requeue)
+}
+
+/// Savepoints and operations that ended between `observed.status` and `status`.
+fn observe_durations(
+    m: &crate::metrics::Metrics,
+    observed: &plan::Observed,
+    status: &oxbow_crds::StreamJobStatus,
+) {
+    let seconds = |since: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+        #[allow(clippy::cast_precision_loss)]
+        let ms = (observed.now.as_millisecond() - since.0.as_millisecond()).max(0) as f64;
+        ms / 1000.0
+    };
+    let old = &observed.status;
+    let in_progress = old.savepoint.as_ref().and_then(|s| s.in_progress.as_ref());
+    let last = status.savepoint.as_ref().and_then(|s| s.last.as_ref());
+    if let (Some(p), Some(l)) = (in_progress, last)
+        && p.id == l.id
+    {
+        m.savepoint_duration
+            .get_or_create(&crate::metrics::TriggerLabel {
+                trigger: p.trigger.as_str(),
+            })
+            .observe(seconds(&p.started_at));
+    }
+    if let Some(op) = &old.operation
+        && status.operation.is_none()
+    {
+        m.operation_duration
+            .get_or_create(&crate::metrics::OperationLabel {
+                operation: op.type_.as_str(),
+            })
+            .observe(seconds(&op.started_at));
+    }
 }
 
 async fn patch_status(
@@ -186,9 +333,70 @@ fn error_policy(_job: Arc<StreamJob>, error: &Error, _ctx: Arc<Context>) -> Requ
     Requeue::requeue(Duration::from_secs(5))
 }
 
-/// Runs the controller over StreamJobs in `namespace` (or all namespaces) until the process
-/// stops.
-pub async fn run(client: Client, namespace: Option<&str>, defaults: WorkerDefaults) {
+/// Runs a controller over StreamJobs in each of `namespaces` (all namespaces when empty)
+/// until the process is told to stop. Each controller's cache is added to `stores` for the
+/// metrics endpoint; `ready` turns true once every cache is synced.
+pub async fn run(
+    client: Client,
+    namespaces: &[String],
+    defaults: WorkerDefaults,
+    shared: crate::metrics::Shared,
+) {
+    let pdb_supported = client
+        .list_api_group_resources("policy/v1")
+        .await
+        .is_ok_and(|r| r.resources.iter().any(|r| r.name == "poddisruptionbudgets"));
+    if !pdb_supported {
+        tracing::warn!(
+            "the cluster does not serve policy/v1 PodDisruptionBudgets (Kubernetes before 1.21): workers run without one"
+        );
+    }
+    let mut ctx = Context::new(client.clone(), defaults, pdb_supported);
+    ctx.metrics = shared.metrics.clone();
+    let ctx = Arc::new(ctx);
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut running = Vec::new();
+    let mut stores = Vec::new();
+    for scope in scopes {
+        let controller = controller(&client, scope, pdb_supported);
+        stores.push(controller.store());
+        running.push(
+            controller
+                .shutdown_on_signal()
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "controller event");
+                    }
+                }),
+        );
+    }
+    if let Ok(mut s) = shared.stores.write() {
+        s.clone_from(&stores);
+    }
+    let ready = shared.ready.clone();
+    let synced = async move {
+        for store in stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        ready.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!("caches synced; reconciling");
+    };
+    futures_util::future::join(synced, futures_util::future::join_all(running)).await;
+}
+
+/// The controller of StreamJobs in `namespace` (all when `None`) and the children they own.
+fn controller(
+    client: &Client,
+    namespace: Option<&str>,
+    pdb_supported: bool,
+) -> Controller<StreamJob> {
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
@@ -199,44 +407,23 @@ pub async fn run(client: Client, namespace: Option<&str>, defaults: WorkerDefaul
             None => Api::all(client.clone()),
         }
     }
-    let jobs: Api<StreamJob> = api(&client, namespace);
-    let sets: Api<StatefulSet> = api(&client, namespace);
-    let maps: Api<ConfigMap> = api(&client, namespace);
-    let services: Api<Service> = api(&client, namespace);
-    let secrets: Api<Secret> = api(&client, namespace);
-    let pdbs: Api<PodDisruptionBudget> = api(&client, namespace);
-    let pdb_supported = client
-        .list_api_group_resources("policy/v1")
-        .await
-        .is_ok_and(|r| r.resources.iter().any(|r| r.name == "poddisruptionbudgets"));
-    if !pdb_supported {
-        tracing::warn!(
-            "the cluster does not serve policy/v1 PodDisruptionBudgets (Kubernetes before 1.21): workers run without one"
-        );
-    }
-    let ctx = Arc::new(Context::new(client, defaults, pdb_supported));
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         oxbow_crds::names::labels::MANAGED_BY,
         oxbow_crds::names::labels::MANAGER
     ));
-    let mut controller = Controller::new(jobs, watcher::Config::default())
-        .owns(sets, owned.clone())
-        .owns(maps, owned.clone())
-        .owns(services, owned.clone())
-        .owns(secrets, owned.clone());
+    let mut controller = Controller::new(
+        api::<StreamJob>(client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(client, namespace), owned.clone())
+    .owns(api::<ConfigMap>(client, namespace), owned.clone())
+    .owns(api::<Service>(client, namespace), owned.clone())
+    .owns(api::<Secret>(client, namespace), owned.clone());
     if pdb_supported {
-        controller = controller.owns(pdbs, owned);
+        controller = controller.owns(api::<PodDisruptionBudget>(client, namespace), owned);
     }
     controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
 }
 
 #[cfg(test)]

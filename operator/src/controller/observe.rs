@@ -18,14 +18,14 @@ use oxbow_crds::{
     names::ordinal_from_pod_name,
 };
 use rdkafka::{
-    ClientConfig,
+    ClientConfig, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
 };
 
 use super::{Context, Error, kube_err};
 use crate::{
     children::{configmap::job_file_sha256, meta::selector_string, names, statefulset},
-    plan::{Observed, StatefulSetState, WorkerPod},
+    plan::{Observed, PartitionOffsets, StatefulSetState, WorkerPod},
 };
 
 /// The ConfigMap key of the last job file that ran healthy.
@@ -133,7 +133,19 @@ pub async fn observe(
     }
 
     let spec = job.spec.clone();
-    let partitions = partition_counts(&spec).await;
+    let mut inputs = spec.source.topics.clone();
+    let shuffle = oxbow_crds::names::shuffle_topic(namespace, name);
+    if deployed.as_ref().is_some_and(|d| {
+        d.assignment
+            .workers
+            .iter()
+            .any(|w| w.partitions.contains_key(&shuffle))
+    }) {
+        inputs.push(shuffle);
+    }
+    let group = oxbow_crds::names::consumer_group(namespace, name);
+    let (partitions, offsets) = read_kafka(&spec, &group, inputs).await;
+    let progress = offsets.map(|partitions| ctx.progress(namespace, name, partitions));
     Ok(Observed {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -148,12 +160,15 @@ pub async fn observe(
         workers,
         savepoints,
         partitions,
+        progress,
+        deleting: job.metadata.deletion_timestamp.is_some(),
+        has_finalizer: job.finalizers().iter().any(|f| f == super::act::FINALIZER),
         now: Timestamp::now(),
     })
 }
 
 /// The admin port a pod declares (the harness of the tests runs workers on other ports).
-fn admin_port(pod: &Pod) -> u16 {
+pub fn admin_port(pod: &Pod) -> u16 {
     pod.metadata
         .annotations
         .as_ref()
@@ -195,34 +210,68 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     response.json().await.ok()
 }
 
-/// Partition counts of the spec's source topics that exist; empty when the broker does not
-/// answer (the planner waits rather than guessing).
-async fn partition_counts(spec: &oxbow_crds::StreamJobSpec) -> BTreeMap<String, i32> {
+/// Partition counts of the source topics that exist, and every input partition's offsets
+/// (watermarks and the job group's committed offset). Counts are empty and offsets `None`
+/// when the broker does not answer: the planner waits rather than guessing.
+async fn read_kafka(
+    spec: &oxbow_crds::StreamJobSpec,
+    group: &str,
+    inputs: Vec<String>,
+) -> (BTreeMap<String, i32>, Option<Vec<PartitionOffsets>>) {
     let bootstrap = spec.kafka.bootstrap_servers.clone();
     let properties = spec.kafka.properties.clone();
-    let topics = spec.source.topics.clone();
-    let counts = tokio::task::spawn_blocking(move || {
+    let sources = spec.source.topics.clone();
+    let group = group.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &bootstrap);
+        config
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false");
         for (k, v) in &properties {
             config.set(k, v);
         }
         let consumer: BaseConsumer = config.create().ok()?;
         let mut counts = BTreeMap::new();
-        for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .ok()?;
+        let mut list = TopicPartitionList::new();
+        for topic in &inputs {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
             let n = metadata
                 .topics()
                 .first()
                 .map_or(0, |t| t.partitions().len());
-            if n > 0 {
-                counts.insert(topic, i32::try_from(n).unwrap_or(i32::MAX));
+            let n = i32::try_from(n).unwrap_or(i32::MAX);
+            if n > 0 && sources.contains(topic) {
+                counts.insert(topic.clone(), n);
+            }
+            for partition in 0..n {
+                list.add_partition(topic, partition);
             }
         }
-        Some(counts)
+        let offsets = (|| {
+            let committed = consumer.committed_offsets(list.clone(), timeout).ok()?;
+            let mut offsets = Vec::new();
+            for e in list.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), timeout)
+                    .ok()?;
+                let committed = committed
+                    .find_partition(e.topic(), e.partition())
+                    .and_then(|c| c.offset().to_raw())
+                    .filter(|o| *o >= 0);
+                offsets.push(PartitionOffsets {
+                    topic: e.topic().to_owned(),
+                    partition: e.partition(),
+                    low_watermark: low,
+                    high_watermark: high,
+                    committed,
+                });
+            }
+            Some(offsets)
+        })();
+        Some((counts, offsets))
     })
     .await;
-    counts.ok().flatten().unwrap_or_default()
+    read.ok().flatten().unwrap_or_default()
 }

@@ -24,6 +24,9 @@
 //! | `Verifying`, every worker restored and running | [`Action::MarkStable`], operation cleared |
 //! | `Verifying`, past `verifyTimeout` | record a `Rollback` operation at `Fencing` (from the same savepoint); a failed rollback fails the job |
 //! | no operation, `triggerNonce` changed or `savepoint.interval` elapsed | [`Action::RequestSavepoint`] (no stop) |
+//! | no operation, more savepoints than `historyLimit` | [`Action::DisposeSavepoints`] (never the one restored from, nor the latest upgrade or rescale savepoint) |
+//! | `savepoint.onDelete` differs from the finalizer | [`Action::AddFinalizer`] / [`Action::RemoveFinalizer`] |
+//! | being deleted, with the finalizer | stop-with-savepoint (trigger `Delete`) when the job runs, then [`Action::RemoveFinalizer`]; a failed or impossible final savepoint removes it too, with a Warning |
 //!
 //! A rolled-back generation is not retried: the rollback's job file is written for the failed
 //! generation (its `specGeneration`), so the planner sees that generation as answered until the
@@ -47,7 +50,7 @@ use oxbow_crds::{
     streamjob::{ErrorStatus, Operation, SavepointStatus},
 };
 
-pub use observed::{Observed, StatefulSetState, WorkerPod};
+pub use observed::{KafkaProgress, Observed, PartitionOffsets, StatefulSetState, WorkerPod};
 pub use planner::{plan, spec_hash};
 
 /// The next step: what to record, then what to do.
@@ -186,6 +189,24 @@ pub enum Action {
         /// Every problem found.
         message: String,
     },
+    /// Add the final-savepoint finalizer (`savepoint.onDelete`).
+    AddFinalizer,
+    /// Remove the final-savepoint finalizer (the final savepoint was taken, failed or is not
+    /// wanted), with an event saying which.
+    RemoveFinalizer {
+        /// Static reason.
+        reason: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// Delete these savepoints from storage through worker `ordinal`'s admin API; once done
+    /// they leave `status.savepoint.history`.
+    DisposeSavepoints {
+        /// Savepoints to delete.
+        savepoints: Vec<oxbow_crds::streamjob::SavepointInfo>,
+        /// The worker that deletes them.
+        ordinal: u32,
+    },
     /// Nothing to do.
     Nothing,
 }
@@ -207,6 +228,9 @@ impl Action {
             Action::Fail { .. } => "Fail",
             Action::Wait { .. } => "Wait",
             Action::ReportInvalid { .. } => "ReportInvalid",
+            Action::AddFinalizer => "AddFinalizer",
+            Action::RemoveFinalizer { .. } => "RemoveFinalizer",
+            Action::DisposeSavepoints { .. } => "DisposeSavepoints",
             Action::Nothing => "Nothing",
         }
     }

@@ -41,8 +41,57 @@ pub struct Observed {
     pub savepoints: BTreeMap<u32, SavepointResult>,
     /// Partition count of each source topic that exists.
     pub partitions: BTreeMap<String, i32>,
+    /// Offsets of the job's input partitions, read from Kafka; `None` when the broker did
+    /// not answer.
+    pub progress: Option<KafkaProgress>,
+    /// The StreamJob is being deleted (it has a deletion timestamp).
+    pub deleting: bool,
+    /// The StreamJob carries the final-savepoint finalizer.
+    pub has_finalizer: bool,
     /// The time of this observation.
     pub now: Timestamp,
+}
+
+/// The job's progress as Kafka records it: every input partition's watermarks and the job
+/// group's committed offset. Right whether or not any worker runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KafkaProgress {
+    /// One entry per input partition (source topics, and the shuffle topic when the
+    /// pipeline has one).
+    pub partitions: Vec<PartitionOffsets>,
+    /// Records committed per second over the recent past; `None` until two observations
+    /// far enough apart exist.
+    pub commit_rate: Option<f64>,
+    /// How long the committed offsets have not moved while records were waiting.
+    pub stalled_for: Option<std::time::Duration>,
+}
+
+/// Offsets of one input partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset still in the log.
+    pub low_watermark: i64,
+    /// Offset the next record will get.
+    pub high_watermark: i64,
+    /// The job group's committed offset, if it committed one.
+    pub committed: Option<i64>,
+}
+
+impl PartitionOffsets {
+    /// Records behind: from the committed offset (or, before the first commit, from where
+    /// the job starts reading) to the high watermark.
+    pub fn lag(&self, starts_at_earliest: bool) -> i64 {
+        let from = match self.committed {
+            Some(c) => c.max(self.low_watermark),
+            None if starts_at_earliest => self.low_watermark,
+            None => self.high_watermark,
+        };
+        (self.high_watermark - from).max(0)
+    }
 }
 
 /// The StatefulSet as observed.

@@ -105,6 +105,19 @@ impl<'a> Planner<'a> {
             Err(e) => self.set_error(reasons::INVALID_SPEC, e.to_string()),
             Ok(_) => self.clear_error_if(|r| r == reasons::INVALID_SPEC),
         }
+        if o.deleting {
+            return self.deleting();
+        }
+        if o.spec.savepoint.on_delete != o.has_finalizer {
+            return if o.spec.savepoint.on_delete {
+                Action::AddFinalizer
+            } else {
+                Action::RemoveFinalizer {
+                    reason: "FinalSavepointDisabled",
+                    message: "savepoint.onDelete is off: no final savepoint on deletion".into(),
+                }
+            };
+        }
         let Some(deployed) = &o.deployed else {
             return self.first_deploy();
         };
@@ -115,6 +128,81 @@ impl<'a> Planner<'a> {
             return self.savepoint_without_stop(deployed, sp);
         }
         self.idle(deployed)
+    }
+
+    // --- deletion -----------------------------------------------------------------------
+
+    /// The StreamJob is being deleted: take the final savepoint (stop-with-savepoint) when
+    /// the finalizer asks for one and the job runs, then let go of the finalizer so that
+    /// garbage collection removes the children. A final savepoint that cannot be taken never
+    /// blocks the deletion: the finalizer goes with a Warning event, and the latest savepoint
+    /// and checkpoints stay in storage.
+    fn deleting(&mut self) -> Action {
+        let o = self.o;
+        if !o.has_finalizer {
+            return Action::Nothing;
+        }
+        let Some(deployed) = &o.deployed else {
+            return Action::RemoveFinalizer {
+                reason: "NothingToSave",
+                message: "the job never ran: no final savepoint".into(),
+            };
+        };
+        let final_savepoint = self
+            .in_progress()
+            .filter(|s| s.trigger == SavepointTrigger::Delete)
+            .cloned();
+        let Some(sp) = final_savepoint else {
+            let running = deployed.spec.state == JobState::Running
+                && self.record.operation.is_none()
+                && o.all_healthy(deployed);
+            if !running {
+                return Action::RemoveFinalizer {
+                    reason: "FinalSavepointSkipped",
+                    message: "no final savepoint: the job is not running (suspended, failed or mid-operation); its latest savepoint and checkpoints stay in storage".into(),
+                };
+            }
+            let id = self.begin_savepoint(SavepointTrigger::Delete, o.generation);
+            return Action::RequestSavepoint {
+                id,
+                ordinals: ordinals(deployed),
+                stop: true,
+            };
+        };
+        let timeout = parse_or(&o.spec.upgrade.savepoint_timeout, DEFAULT_SAVEPOINT_TIMEOUT);
+        let failure = match gather(&o.savepoints, &sp.id, &ordinals(deployed)) {
+            Gathered::Completed(path) => {
+                self.savepoint_completed(&sp.id, &path, SavepointTrigger::Delete);
+                return Action::RemoveFinalizer {
+                    reason: "FinalSavepointTaken",
+                    message: format!("final savepoint {} taken at {path}", sp.id),
+                };
+            }
+            Gathered::Failed(message) => message,
+            Gathered::Pending(_) if elapsed(o.now, sp.started_at.0) > timeout => {
+                format!("savepoint {} did not complete within {timeout:?}", sp.id)
+            }
+            Gathered::Pending(missing) if !missing.is_empty() => {
+                return Action::RequestSavepoint {
+                    id: sp.id,
+                    ordinals: missing,
+                    stop: true,
+                };
+            }
+            Gathered::Pending(_) => {
+                return Action::WaitForSavepoint {
+                    id: sp.id,
+                    requeue_after: POLL,
+                };
+            }
+        };
+        self.savepoint_status().in_progress = None;
+        Action::RemoveFinalizer {
+            reason: "FinalSavepointFailed",
+            message: format!(
+                "the final savepoint failed ({failure}); the latest savepoint and checkpoints stay in storage"
+            ),
+        }
     }
 
     // --- no operation -------------------------------------------------------------------
@@ -234,6 +322,9 @@ impl<'a> Planner<'a> {
                     job_file: Box::new(deployed.clone()),
                 };
             }
+            if let Some(dispose) = self.disposable(deployed) {
+                return dispose;
+            }
             let interval = o
                 .validation
                 .as_ref()
@@ -252,6 +343,46 @@ impl<'a> Planner<'a> {
             }
         }
         Action::Nothing
+    }
+
+    /// Savepoints beyond `savepoint.historyLimit`, oldest first, to delete from storage
+    /// through a running worker (which holds the storage credentials). Never the savepoint
+    /// the running generation restored from, nor the latest upgrade or rescale savepoint.
+    fn disposable(&self, deployed: &JobFile) -> Option<Action> {
+        let o = self.o;
+        let history = &self.record.savepoint.as_ref()?.history;
+        let limit = usize::try_from(o.spec.savepoint.history_limit.max(1)).unwrap_or(1);
+        if history.len() <= limit {
+            return None;
+        }
+        let restored = match &deployed.restore {
+            Restore::Savepoint { path } => Some(path.as_str()),
+            _ => None,
+        };
+        let latest_upgrade = history
+            .iter()
+            .find(|h| {
+                matches!(
+                    h.trigger,
+                    SavepointTrigger::Upgrade | SavepointTrigger::Rescale
+                )
+            })
+            .map(|h| h.id.as_str());
+        let savepoints: Vec<SavepointInfo> = history[limit..]
+            .iter()
+            .filter(|h| Some(h.path.as_str()) != restored && Some(h.id.as_str()) != latest_upgrade)
+            .cloned()
+            .collect();
+        let ordinal = deployed
+            .assignment
+            .workers
+            .iter()
+            .map(|w| w.ordinal)
+            .find(|ord| o.worker_healthy(*ord, deployed))?;
+        (!savepoints.is_empty()).then_some(Action::DisposeSavepoints {
+            savepoints,
+            ordinal,
+        })
     }
 
     /// Records the first step of a new operation and takes it.

@@ -97,6 +97,9 @@ impl World {
                 workers: BTreeMap::new(),
                 savepoints: BTreeMap::new(),
                 partitions: BTreeMap::from([("payments".to_owned(), 6)]),
+                progress: None,
+                deleting: false,
+                has_finalizer: false,
                 now: Timestamp::from_second(1_700_000_000).unwrap(),
             },
             fail_savepoints: false,
@@ -322,6 +325,14 @@ impl World {
                 self.o.workers.clear();
                 self.pod_files.clear();
                 self.stopped.clear();
+            }
+            Action::AddFinalizer => self.o.has_finalizer = true,
+            Action::RemoveFinalizer { .. } => self.o.has_finalizer = false,
+            Action::DisposeSavepoints { savepoints, .. } => {
+                if !crash_after && let Some(sp) = self.o.status.savepoint.as_mut() {
+                    sp.history
+                        .retain(|h| savepoints.iter().all(|d| d.id != h.id));
+                }
             }
             Action::WaitForSavepoint { .. }
             | Action::Block { .. }

@@ -13,13 +13,18 @@ use oxbow_crds::{
 
 use super::{Action, Observed, Plan, planner::reasons};
 
-/// The whole status after `plan`: its [`super::Record`], `observedGeneration`, phase, replica
-/// counts, assignment, and the conditions Ready, Progressing, Degraded and UpgradeBlocked
-/// (CheckpointStale and LagHigh, and `lag`, `checkpoint` and `selector`, are kept as they are
-/// for the stages that compute them).
+/// The whole status after `plan` was acted on: its [`super::Record`], `observedGeneration`,
+/// phase, replica counts, selector, assignment, checkpoint, lag, and every condition.
 pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
     let mut s = o.status.clone();
     plan.record.apply_to(&mut s);
+    if let Action::DisposeSavepoints { savepoints, .. } = &plan.action
+        && let Some(sp) = s.savepoint.as_mut()
+    {
+        sp.history
+            .retain(|h| savepoints.iter().all(|d| d.id != h.id));
+    }
+    s.selector = Some(crate::children::meta::selector_string(&o.name));
     let generation = Some(o.generation);
     s.observed_generation = generation;
     let phase = phase(o, plan);
@@ -108,7 +113,7 @@ pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
             "no operation is under way".into(),
         ),
     };
-    set_condition(&mut s.conditions, progressing, generation, &now);
+    set_condition(&mut s.conditions, progressing.clone(), generation, &now);
 
     let failed_workers: Vec<u32> = o
         .workers
@@ -162,8 +167,255 @@ pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
             "no upgrade is blocked".into(),
         ),
     };
+    let stalled = match (&blocked, phase) {
+        (b, _) if b.status => cond(ConditionType::Stalled, true, b.reason, b.message.clone()),
+        (_, Phase::Failed) => {
+            let (reason, message) = plan.record.error.as_ref().map_or_else(
+                || ("Failed", "the job failed".to_owned()),
+                |e| (reasons::to_static(&e.reason, "Failed"), e.message.clone()),
+            );
+            cond(ConditionType::Stalled, true, reason, message)
+        }
+        _ => cond(
+            ConditionType::Stalled,
+            false,
+            "NotStalled",
+            "nothing waits for the user".into(),
+        ),
+    };
     set_condition(&mut s.conditions, blocked, generation, &now);
+    set_condition(&mut s.conditions, stalled, generation, &now);
+    let reconciling = DesiredCondition {
+        type_: ConditionType::Reconciling,
+        ..progressing
+    };
+    set_condition(&mut s.conditions, reconciling, generation, &now);
+
+    if let Some(d) = deployed {
+        checkpoint(o, d, &mut s);
+    }
+    let stale = checkpoint_stale(o, phase, &s);
+    set_condition(&mut s.conditions, stale, generation, &now);
+    if let Some(progress) = &o.progress {
+        s.lag = Some(lag(o, progress, &now));
+    }
+    let lag_high = lag_high(o, phase, s.lag.as_ref());
+    set_condition(&mut s.conditions, lag_high, generation, &now);
     s
+}
+
+/// How far behind the job may fall, in seconds at its recent rate, before LagHigh.
+pub const LAG_HIGH_SECONDS: f64 = 300.0;
+/// How long committed offsets may stand still with records waiting before LagHigh.
+pub const LAG_STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many partitions `status.lag.partitions` lists.
+pub const LAG_TOP_PARTITIONS: usize = 10;
+
+/// `status.checkpoint`: the oldest of the workers' latest checkpoints (the point every
+/// worker has passed), once every worker of the running generation reports one; the last
+/// failure from a worker that is retrying.
+fn checkpoint(o: &Observed, deployed: &oxbow_crds::jobfile::JobFile, s: &mut StreamJobStatus) {
+    let latest: Option<Vec<&oxbow_crds::admin::CheckpointSummary>> = deployed
+        .assignment
+        .workers
+        .iter()
+        .map(|w| {
+            o.workers
+                .get(&w.ordinal)
+                .filter(|st| st.assignment_generation == deployed.assignment.generation)
+                .and_then(|st| st.last_checkpoint.as_ref())
+        })
+        .collect();
+    let oldest = latest.and_then(|l| l.into_iter().min_by_key(|c| c.completed_at_ms));
+    let status = s.checkpoint.get_or_insert_with(Default::default);
+    if let Some(c) = oldest
+        && let Ok(at) = k8s_openapi::jiff::Timestamp::from_millisecond(c.completed_at_ms)
+    {
+        status.last_completed = Some(oxbow_crds::streamjob::CheckpointInfo {
+            id: c.id,
+            completed_at: Time(at),
+            duration_ms: c.duration_ms,
+            size_bytes: c.size_bytes,
+            path: c.path.clone(),
+        });
+    }
+    let failing = o
+        .workers
+        .values()
+        .find(|w| w.state == WorkerState::Retrying)
+        .map(|w| {
+            let why = w.error.as_deref().unwrap_or("no reason given");
+            format!("worker {}: {why}", w.ordinal)
+        });
+    if let Some(message) = failing
+        && status
+            .last_failure
+            .as_ref()
+            .is_none_or(|f| f.message != message)
+    {
+        status.last_failure = Some(oxbow_crds::streamjob::CheckpointFailure {
+            at: Time(o.now),
+            reason: "Retrying".into(),
+            message,
+        });
+    }
+    if status.last_completed.is_none() && status.last_failure.is_none() {
+        s.checkpoint = None;
+    }
+}
+
+/// CheckpointStale: the job runs but its last completed checkpoint is older than three
+/// intervals (at least the interval plus the checkpoint timeout). Output is committed only
+/// with checkpoints, so a stale checkpoint means nothing new reaches the sink.
+fn checkpoint_stale(o: &Observed, phase: Phase, s: &StreamJobStatus) -> DesiredCondition {
+    let fresh = |message: String| cond(ConditionType::CheckpointStale, false, "Fresh", message);
+    let Some(c) = o
+        .validation
+        .as_ref()
+        .ok()
+        .and_then(|v| v.checkpoint.as_ref())
+    else {
+        return fresh(
+            "checkpoints are judged once the spec is valid and checkpoints are configured".into(),
+        );
+    };
+    let allowed = (c.interval * 3).max(c.interval + c.timeout);
+    let last = s
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.last_completed.as_ref());
+    match (phase, last) {
+        (Phase::Running, Some(last)) => {
+            let ms = o.now.as_millisecond() - last.completed_at.0.as_millisecond();
+            let age = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            if age > allowed {
+                let why = s
+                    .checkpoint
+                    .as_ref()
+                    .and_then(|c| c.last_failure.as_ref())
+                    .map(|f| format!("; last failure: {}", f.message))
+                    .unwrap_or_default();
+                cond(
+                    ConditionType::CheckpointStale,
+                    true,
+                    "NoRecentCheckpoint",
+                    format!(
+                        "the last checkpoint completed {}s ago (allowed {}s){why}",
+                        age.as_secs(),
+                        allowed.as_secs()
+                    ),
+                )
+            } else {
+                fresh(format!(
+                    "the last checkpoint completed {}s ago",
+                    age.as_secs()
+                ))
+            }
+        }
+        (Phase::Running, None) => fresh("no checkpoint completed yet".into()),
+        _ => fresh(format!(
+            "checkpoints are not judged while {}",
+            phase.as_str()
+        )),
+    }
+}
+
+/// `status.lag` from Kafka's offsets: total, the largest partition, the partitions furthest
+/// behind, and seconds to catch up at the recent commit rate.
+fn lag(
+    o: &Observed,
+    progress: &super::KafkaProgress,
+    now: &Time,
+) -> oxbow_crds::streamjob::LagStatus {
+    let earliest =
+        o.spec.source.starting_offsets == oxbow_crds::streamjob::StartingOffsets::Earliest;
+    let mut partitions: Vec<oxbow_crds::streamjob::PartitionLag> = progress
+        .partitions
+        .iter()
+        .map(|p| oxbow_crds::streamjob::PartitionLag {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            records: p.lag(earliest),
+        })
+        .collect();
+    partitions.sort_by(|a, b| {
+        b.records
+            .cmp(&a.records)
+            .then_with(|| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)))
+    });
+    let records: i64 = partitions.iter().map(|p| p.records).sum();
+    let max_partition_records = partitions.first().map_or(0, |p| p.records);
+    partitions.retain(|p| p.records > 0);
+    partitions.truncate(LAG_TOP_PARTITIONS);
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = match progress.commit_rate {
+        _ if records == 0 => Some(0.0),
+        Some(rate) if rate > 0.0 => Some(((records as f64 / rate) * 10.0).round() / 10.0),
+        _ => None,
+    };
+    oxbow_crds::streamjob::LagStatus {
+        records,
+        max_partition_records,
+        seconds,
+        updated_at: Some(now.clone()),
+        partitions,
+    }
+}
+
+/// LagHigh: catching up would take longer than [`LAG_HIGH_SECONDS`] at the recent rate, or
+/// records have waited [`LAG_STALLED`] with the committed offsets standing still.
+fn lag_high(
+    o: &Observed,
+    phase: Phase,
+    lag: Option<&oxbow_crds::streamjob::LagStatus>,
+) -> DesiredCondition {
+    let Some(lag) = lag else {
+        return cond(
+            ConditionType::LagHigh,
+            false,
+            "LagUnknown",
+            "Kafka did not answer; lag is unknown".into(),
+        );
+    };
+    let stalled = o
+        .progress
+        .as_ref()
+        .and_then(|p| p.stalled_for)
+        .filter(|d| *d >= LAG_STALLED && lag.records > 0);
+    if let Some(d) = stalled {
+        let why = if phase == Phase::Suspended {
+            " (the job is suspended)"
+        } else {
+            ""
+        };
+        return cond(
+            ConditionType::LagHigh,
+            true,
+            "NotConsuming",
+            format!(
+                "{} records wait and nothing was committed for {}s{why}",
+                lag.records,
+                d.as_secs()
+            ),
+        );
+    }
+    match lag.seconds {
+        Some(secs) if secs > LAG_HIGH_SECONDS => cond(
+            ConditionType::LagHigh,
+            true,
+            "FallingBehind",
+            format!(
+                "{} records behind, about {secs:.0}s at the recent rate (threshold {LAG_HIGH_SECONDS:.0}s)",
+                lag.records
+            ),
+        ),
+        _ => cond(
+            ConditionType::LagHigh,
+            false,
+            "LagNormal",
+            format!("{} records behind", lag.records),
+        ),
+    }
 }
 
 /// The lifecycle phase after `plan`.

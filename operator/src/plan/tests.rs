@@ -271,6 +271,79 @@ fn a_new_trigger_nonce_takes_a_savepoint_without_stopping() {
     assert!(w.o.all_healthy(w.deployed()));
 }
 
+#[test]
+fn savepoints_beyond_the_history_limit_are_disposed_but_not_the_upgrade_one() {
+    let mut w = deployed_world();
+    w.edit(|s| s.savepoint.history_limit = 2);
+    w.edit(|s| s.image = Some("worker:2".into()));
+    w.settle(&mut never(), 80);
+    for nonce in 1..=4 {
+        w.edit(|s| s.savepoint.trigger_nonce = nonce);
+        w.settle(&mut never(), 30);
+    }
+    let history = w.o.status.savepoint.clone().unwrap().history;
+    let triggers: Vec<SavepointTrigger> = history.iter().map(|h| h.trigger).collect();
+    // The two newest manual ones, and the upgrade savepoint the job restored from.
+    assert_eq!(
+        triggers,
+        [
+            SavepointTrigger::Manual,
+            SavepointTrigger::Manual,
+            SavepointTrigger::Upgrade
+        ]
+    );
+    assert!(w.log.contains(&"DisposeSavepoints"));
+    let Restore::Savepoint { path } = &w.deployed().restore else {
+        panic!("the upgrade restored from a savepoint");
+    };
+    assert_eq!(&history[2].path, path);
+}
+
+#[test]
+fn deleting_a_job_takes_a_final_savepoint_then_releases_the_finalizer() {
+    let mut w = deployed_world();
+    w.edit(|s| s.savepoint.on_delete = true);
+    w.settle(&mut never(), 20);
+    assert!(w.o.has_finalizer, "savepoint.onDelete adds the finalizer");
+    w.log.clear();
+    w.o.deleting = true;
+    w.settle(&mut never(), 30);
+    assert_eq!(steps(&w), ["RequestSavepoint", "RemoveFinalizer"]);
+    assert!(!w.o.has_finalizer);
+    let last = w.o.status.savepoint.clone().unwrap().last.unwrap();
+    assert_eq!(last.trigger, SavepointTrigger::Delete);
+}
+
+#[test]
+fn a_failed_final_savepoint_does_not_block_the_deletion() {
+    let mut w = deployed_world();
+    w.edit(|s| s.savepoint.on_delete = true);
+    w.settle(&mut never(), 20);
+    w.fail_savepoints = true;
+    w.o.deleting = true;
+    let mut released = None;
+    for _ in 0..30 {
+        let plan = w.reconcile(Crash::None);
+        if let Action::RemoveFinalizer { reason, .. } = plan.action {
+            released = Some(reason);
+            break;
+        }
+    }
+    assert_eq!(released, Some("FinalSavepointFailed"));
+}
+
+#[test]
+fn a_suspended_job_is_deleted_without_a_final_savepoint() {
+    let mut w = deployed_world();
+    w.edit(|s| s.savepoint.on_delete = true);
+    w.edit(|s| s.state = JobState::Suspended);
+    w.settle(&mut never(), 60);
+    w.log.clear();
+    w.o.deleting = true;
+    w.settle(&mut never(), 10);
+    assert_eq!(steps(&w), ["RemoveFinalizer"]);
+}
+
 /// The end state of a scenario, without what depends on the clock.
 fn outcome(
     w: &World,
