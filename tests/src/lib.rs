@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 pub mod kafka;
 pub mod kube_env;
 pub mod kubelet;
+pub mod record;
 pub mod s3;
 pub mod windows;
 pub mod worker;
