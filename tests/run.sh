@@ -18,7 +18,8 @@ components=()
 [[ -n "${OXBOW_TEST_BOOTSTRAP:-}" ]] || components+=(kafka)
 [[ -n "${OXBOW_TEST_S3_ENDPOINT:-}" ]] || components+=(s3)
 
-bash tests/env/install.sh build "${components[@]}"
+# helm and checkov: the chart and install-file tests (tests/tests/install_chart.rs).
+bash tests/env/install.sh build helm checkov "${components[@]}"
 if [[ ${#components[@]} -gt 0 ]]; then
   exports="$(bash tests/env/up.sh --watch-pid $$ "${components[@]}")"
   eval "$exports"

