@@ -1,12 +1,13 @@
 //! Recording StreamJob objects as the real operator left them, for the GitOps health fixtures
 //! (`manifests/argocd/oxbow.dev/StreamJob/testdata/`).
 //!
-//! Nothing happens unless `OXBOW_RECORD_STATUSES=<dir>` is set. Then [`object`] writes one
-//! whole StreamJob to `<dir>/<label>.yaml`, and [`watch`] follows a job for a whole test and
-//! writes every distinct health state it passes through (phase, operation step, condition
-//! statuses and reasons, generation observed or not), so that short-lived states such as
-//! Savepointing are caught too. Server-assigned fields that only vary between runs (uid,
-//! resourceVersion, creationTimestamp, managedFields) are left out.
+//! Nothing happens unless `OXBOW_RECORD_STATUSES=<dir>` is set. Then [`current`] writes one
+//! whole StreamJob, as the API server returns it, to `<dir>/<label>.yaml`, and [`watch`]
+//! follows a job through a whole test and writes every distinct health state it passes
+//! through (phase, operation step, condition statuses and reasons, generation observed or not,
+//! deletion), so that short-lived states such as Savepointing are caught too. Server-assigned
+//! fields that only vary between runs (uid, resourceVersion, creationTimestamp, managedFields)
+//! are left out.
 
 use std::{
     collections::BTreeSet,
@@ -16,9 +17,10 @@ use std::{
 use futures_util::StreamExt;
 use kube::{
     Api,
-    api::{ListParams, WatchEvent, WatchParams},
+    api::{ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams},
 };
 use oxbow_crds::StreamJob;
+use serde_json::Value;
 
 /// The variable naming the directory recordings go to.
 pub const ENV: &str = "OXBOW_RECORD_STATUSES";
@@ -29,33 +31,43 @@ fn dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Writes `job` to `<dir>/<label>.yaml` when recording; panics if it cannot, since a
-/// recording was asked for.
-pub fn object(job: &StreamJob, label: &str) {
-    if let Some(dir) = dir() {
-        write(&dir, job, label);
+/// The StreamJobs of `jobs`' namespace as the API server returns them, every field kept.
+fn raw(jobs: &Api<StreamJob>) -> Api<DynamicObject> {
+    let resource = ApiResource::erase::<StreamJob>(&());
+    let client = jobs.clone().into_client();
+    match jobs.namespace() {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
     }
 }
 
-/// Reads job `name` and records it as `label`.
+/// Reads job `name` and writes it to `<dir>/<label>.yaml` when recording; panics if it
+/// cannot, since a recording was asked for.
 pub async fn current(jobs: &Api<StreamJob>, name: &str, label: &str) {
-    if dir().is_none() {
-        return;
-    }
-    match jobs.get(name).await {
-        Ok(job) => object(&job, label),
+    let Some(dir) = dir() else { return };
+    match raw(jobs).get(name).await {
+        Ok(job) => write(&dir, &to_json(&job), label),
         Err(e) => panic!("failed to read StreamJob {name} to record it: {e}"),
     }
 }
 
 /// Records every distinct health state of job `name` as `<prefix>-<nn>-<phase>[-<step>].yaml`
-/// until the returned guard is dropped.
-pub fn watch(jobs: &Api<StreamJob>, name: &str, prefix: &str) -> Recording {
-    let task = dir().map(|dir| {
-        let (jobs, name, prefix) = (jobs.clone(), name.to_owned(), prefix.to_owned());
-        tokio::spawn(async move { follow(jobs, name, prefix, dir).await })
-    });
-    Recording { task }
+/// until the returned guard is dropped. Watching has begun when this returns, so a job created
+/// afterwards is recorded from its first state, before it has a status.
+pub async fn watch(jobs: &Api<StreamJob>, name: &str, prefix: &str) -> Recording {
+    let Some(dir) = dir() else {
+        return Recording { task: None };
+    };
+    let mut follower = Follower {
+        jobs: raw(jobs),
+        selector: format!("metadata.name={name}"),
+        prefix: prefix.to_owned(),
+        dir,
+        seen: BTreeSet::new(),
+    };
+    let version = follower.list().await;
+    let task = tokio::spawn(async move { follower.follow(version).await });
+    Recording { task: Some(task) }
 }
 
 /// Stops the recording when dropped.
@@ -72,91 +84,108 @@ impl Drop for Recording {
     }
 }
 
-async fn follow(jobs: Api<StreamJob>, name: String, prefix: String, dir: PathBuf) {
-    let mut seen = BTreeSet::new();
-    let selector = format!("metadata.name={name}");
-    loop {
-        // List, then watch from the list's version; a watch that ends (server timeout) is
-        // started again the same way.
-        let Ok(list) = jobs.list(&ListParams::default().fields(&selector)).await else {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        };
+struct Follower {
+    jobs: Api<DynamicObject>,
+    selector: String,
+    prefix: String,
+    dir: PathBuf,
+    seen: BTreeSet<String>,
+}
+
+impl Follower {
+    /// Records what a list shows and returns the list's version to watch from.
+    async fn list(&mut self) -> Option<String> {
+        let list = self
+            .jobs
+            .list(&ListParams::default().fields(&self.selector))
+            .await
+            .ok()?;
         for job in &list.items {
-            note(&dir, &prefix, &mut seen, job);
+            self.note(&to_json(job));
         }
-        let version = list.metadata.resource_version.unwrap_or_default();
-        let params = WatchParams::default().fields(&selector).timeout(60);
-        let Ok(stream) = jobs.watch(&params, &version).await else {
-            continue;
-        };
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(WatchEvent::Added(job) | WatchEvent::Modified(job)) => {
-                    note(&dir, &prefix, &mut seen, &job);
+        list.metadata.resource_version
+    }
+
+    /// Watches from `version`; a watch that ends (the server's timeout, an error) starts
+    /// again from a fresh list.
+    async fn follow(&mut self, mut version: Option<String>) {
+        loop {
+            let Some(from) = version.take() else {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                version = self.list().await;
+                continue;
+            };
+            let params = WatchParams::default().fields(&self.selector).timeout(60);
+            if let Ok(stream) = self.jobs.watch(&params, &from).await {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(WatchEvent::Added(job) | WatchEvent::Modified(job)) => {
+                            self.note(&to_json(&job));
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
                 }
-                Ok(_) => {}
-                Err(_) => break,
             }
+            version = self.list().await;
         }
     }
-}
 
-/// Records `job` if its health state is new.
-fn note(dir: &Path, prefix: &str, seen: &mut BTreeSet<String>, job: &StreamJob) {
-    let state = signature(job);
-    if seen.insert(state) {
-        let status = job.status.as_ref();
-        let phase = status
-            .and_then(|s| s.phase)
-            .map_or("NoStatus", |p| p.as_str());
-        let step = status
-            .and_then(|s| s.operation.as_ref())
-            .map(|op| format!("-{:?}-{:?}", op.type_, op.step))
-            .unwrap_or_default();
-        let label = format!("{prefix}-{:02}-{phase}{step}", seen.len());
-        write(dir, job, &label);
+    /// Records `job` if its health state is new.
+    fn note(&mut self, job: &Value) {
+        if !self.seen.insert(signature(job)) {
+            return;
+        }
+        let status = &job["status"];
+        let phase = status["phase"].as_str().unwrap_or("NoStatus");
+        let operation = &status["operation"];
+        let step = match (operation["type"].as_str(), operation["step"].as_str()) {
+            (Some(t), Some(s)) => format!("-{t}-{s}"),
+            _ => String::new(),
+        };
+        let label = format!("{}-{:02}-{phase}{step}", self.prefix, self.seen.len());
+        write(&self.dir, job, &label);
     }
 }
 
-/// What a health check can tell apart: generations, phase, operation, savepoint in progress,
-/// and each condition's status and reason (messages carry changing numbers, so they are left
-/// out).
-fn signature(job: &StreamJob) -> String {
-    let Some(s) = &job.status else {
+/// What a health check can tell apart: deletion, whether the generation is observed, phase,
+/// operation, savepoint in progress, and each condition's status and reason (messages carry
+/// changing numbers, so they are left out).
+fn signature(job: &Value) -> String {
+    let status = &job["status"];
+    if status.is_null() {
         return "no status".into();
-    };
-    let unobserved = s.observed_generation != job.metadata.generation;
-    let operation = s
-        .operation
-        .as_ref()
-        .map(|op| format!("{:?}/{:?}", op.type_, op.step));
-    let savepointing = s
-        .savepoint
-        .as_ref()
-        .is_some_and(|sp| sp.in_progress.is_some());
-    let mut conditions: Vec<String> = s
-        .conditions
-        .iter()
-        .map(|c| format!("{}={}/{}", c.type_, c.status, c.reason))
+    }
+    let deleting = job["metadata"]["deletionTimestamp"].is_string();
+    let unobserved = status["observedGeneration"] != job["metadata"]["generation"];
+    let mut conditions: Vec<String> = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{}={}/{}", c["type"], c["status"], c["reason"]))
         .collect();
     conditions.sort();
     format!(
-        "{unobserved} {:?} {operation:?} {savepointing} {conditions:?}",
-        s.phase
+        "{deleting} {unobserved} {} {} {} {} {conditions:?}",
+        status["phase"],
+        status["operation"]["type"],
+        status["operation"]["step"],
+        status["savepoint"]["inProgress"].is_object(),
     )
 }
 
-fn write(dir: &Path, job: &StreamJob, label: &str) {
-    let mut value = match serde_json::to_value(job) {
+fn to_json(job: &DynamicObject) -> Value {
+    match serde_json::to_value(job) {
         Ok(v) => v,
         Err(e) => panic!("failed to serialise StreamJob to record it: {e}"),
-    };
-    if let Some(meta) = value
-        .get_mut("metadata")
-        .and_then(serde_json::Value::as_object_mut)
-    {
+    }
+}
+
+/// Writes `job` without the fields the server assigns differently on every run.
+fn write(dir: &Path, job: &Value, label: &str) {
+    let mut job = job.clone();
+    if let Some(meta) = job.get_mut("metadata").and_then(Value::as_object_mut) {
         for field in [
             "managedFields",
             "uid",
@@ -166,7 +195,7 @@ fn write(dir: &Path, job: &StreamJob, label: &str) {
             meta.remove(field);
         }
     }
-    let yaml = match serde_norway::to_string(&value) {
+    let yaml = match serde_norway::to_string(&job) {
         Ok(y) => y,
         Err(e) => panic!("failed to write StreamJob as YAML: {e}"),
     };
