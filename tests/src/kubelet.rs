@@ -4,7 +4,9 @@
 //! the operator wrote, reports the pod Running with IP 127.0.0.1 and its admin port (the
 //! `oxbow.dev/admin-port` annotation, since every worker shares the loopback address), marks it
 //! Ready when the worker's `/readyz` answers, and stops the process (SIGTERM) when the pod is
-//! deleted, then removes the pod as a kubelet would.
+//! deleted, then removes the pod as a kubelet would. A worker process that exits is restarted
+//! in place, as `restartPolicy: Always` has a kubelet restart a container, with the pod marked
+//! not ready meanwhile; [`Kubelet::kill`] SIGKILLs a pod's worker, for crash tests.
 
 use std::{
     collections::BTreeMap,
@@ -33,17 +35,35 @@ use crate::worker::WorkerProcess;
 pub struct Kubelet {
     stop: Arc<AtomicBool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    pids: Pids,
 }
+
+/// Worker process ids by pod name, as the loop last saw them.
+type Pids = Arc<std::sync::Mutex<BTreeMap<String, u32>>>;
 
 impl Kubelet {
     /// Starts playing kubelet for the pods of `namespace` with `labels`; workers get `env`.
     pub fn start(client: Client, namespace: &str, env: Vec<(String, String)>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(client, namespace.to_owned(), env, Arc::clone(&stop)));
+        let pids = Pids::default();
+        let task = tokio::spawn(run(
+            client,
+            namespace.to_owned(),
+            env,
+            Arc::clone(&stop),
+            Arc::clone(&pids),
+        ));
         Kubelet {
             stop,
             task: Some(task),
+            pids,
         }
+    }
+
+    /// SIGKILLs the worker of pod `name` (the kubelet then restarts it); false if it runs none.
+    pub fn kill(&self, name: &str) -> bool {
+        let pid = self.pids.lock().ok().and_then(|p| p.get(name).copied());
+        pid.is_some_and(|pid| crate::worker::signal(pid, "KILL").is_ok())
     }
 
     /// Stops every worker and the loop.
@@ -67,7 +87,13 @@ struct Running {
     ready: bool,
 }
 
-async fn run(client: Client, namespace: String, env: Vec<(String, String)>, stop: Arc<AtomicBool>) {
+async fn run(
+    client: Client,
+    namespace: String,
+    env: Vec<(String, String)>,
+    stop: Arc<AtomicBool>,
+    pids: Pids,
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -105,6 +131,13 @@ async fn run(client: Client, namespace: String, env: Vec<(String, String)>, stop
                         .await;
                 }
                 continue;
+            }
+            if let Some(r) = running.get_mut(&name)
+                && !r.worker.is_running()
+            {
+                // The container exited: restart it, not ready until it answers again.
+                let _ = set_status(&pods, &name, r.worker.port, false).await;
+                running.remove(&name);
             }
             if let Some(r) = running.get_mut(&name) {
                 if !r.ready && r.worker.is_running() && ready(&r.worker).await {
@@ -150,6 +183,9 @@ async fn run(client: Client, namespace: String, env: Vec<(String, String)>, stop
                 continue;
             };
             let _ = set_status(&pods, &name, worker.port, false).await;
+            if let (Ok(mut p), Some(pid)) = (pids.lock(), worker.pid()) {
+                p.insert(name.clone(), pid);
+            }
             running.insert(
                 name,
                 Running {

@@ -18,6 +18,8 @@ use anyhow::{Context, bail};
 pub mod kafka;
 pub mod kube_env;
 pub mod kubelet;
+pub mod lifecycle;
+pub mod operator;
 pub mod record;
 pub mod s3;
 pub mod windows;

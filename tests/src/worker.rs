@@ -115,7 +115,12 @@ impl WorkerProcess {
             .ok()
     }
 
-    /// Whether the process is still running.
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

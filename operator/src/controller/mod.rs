@@ -54,6 +54,9 @@ pub enum Error {
     /// The StreamJob lacks a namespace or a name.
     #[error("the StreamJob has no {0}")]
     Metadata(&'static str),
+    /// The StreamJob changed since it was read; the reconcile runs again on the new version.
+    #[error("the StreamJob changed while it was reconciled")]
+    Stale,
     /// A worker could not delete a savepoint beyond the history limit.
     #[error("failed to dispose of a savepoint: {message}")]
     Dispose {
@@ -79,6 +82,7 @@ impl Error {
             Error::Metadata(_) => "MissingMetadata",
             Error::Fence { .. } => "FenceFailed",
             Error::Dispose { .. } => "DisposeFailed",
+            Error::Stale => "Conflict",
         }
     }
 }
@@ -240,24 +244,27 @@ async fn reconcile_once(job: Arc<StreamJob>, ctx: &Context) -> Result<Requeue, E
     tracing::debug!(action = plan.action.as_str(), "planned");
     let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
     // Record the operation before acting on it, so that a restarted operator resumes it.
+    let mut version = job.resource_version();
     if plan.needs_record(&observed.status) {
         let mut recorded = observed.status.clone();
         plan.record.apply_to(&mut recorded);
-        patch_status(&jobs, &name, &observed.status, &recorded).await?;
+        version = patch_status(&jobs, &name, &observed.status, &recorded, version).await?;
     }
     let requeue = act::act(ctx, &job, &observed, &plan).await?;
-    // Fencing records its next step itself, and a job without its finalizer may be gone:
-    // the status follows on the next reconcile.
+    // Fencing records its next step itself, a finalizer change moved the job's version, and a
+    // job without its finalizer may be gone: the status follows on the next reconcile.
     if matches!(
         plan.action,
-        plan::Action::Fence { .. } | plan::Action::RemoveFinalizer { .. }
+        plan::Action::Fence { .. }
+            | plan::Action::AddFinalizer
+            | plan::Action::RemoveFinalizer { .. }
     ) {
         return Ok(requeue);
     }
     let status = plan::status::compute(&observed, &plan);
     observe_durations(&ctx.metrics, &observed, &status);
     if status != observed.status {
-        patch_status(&jobs, &name, &observed.status, &status).await?;
+        patch_status(&jobs, &name, &observed.status, &status, version).await?;
     }
     Ok(requeue)
 }
@@ -296,21 +303,32 @@ fn observe_durations(
     }
 }
 
+/// Patches the status from `old` to `status`, only if the StreamJob is still at
+/// `resource_version` (the version the plan was made from): a plan made from a stale cache must
+/// not be recorded, or it would start an operation twice. Returns the new version.
 async fn patch_status(
     jobs: &Api<StreamJob>,
     name: &str,
     old: &oxbow_crds::StreamJobStatus,
     status: &oxbow_crds::StreamJobStatus,
-) -> Result<(), Error> {
+    resource_version: Option<String>,
+) -> Result<Option<String>, Error> {
     let mut new = serde_json::to_value(status).unwrap_or_default();
     let old = serde_json::to_value(old).unwrap_or_default();
     null_removed(&old, &mut new);
-    let patch = serde_json::json!({ "status": new });
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": resource_version},
+        "status": new,
+    });
     tracing::debug!(%patch, "patching the status");
-    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    match jobs
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(kube_err("patch the StreamJob status"))?;
-    Ok(())
+    {
+        Ok(job) => Ok(job.resource_version()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Stale),
+        Err(e) => Err(kube_err("patch the StreamJob status")(e)),
+    }
 }
 
 /// A JSON merge patch keeps what it does not mention: fields the new status dropped (an
@@ -329,6 +347,10 @@ fn null_removed(old: &serde_json::Value, new: &mut serde_json::Value) {
 }
 
 fn error_policy(_job: Arc<StreamJob>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    if matches!(error, Error::Stale) {
+        tracing::debug!("the StreamJob changed during the reconcile; again on its new version");
+        return Requeue::requeue(Duration::from_millis(300));
+    }
     tracing::warn!(error = %error, reason = error.reason(), "reconcile failed; retrying");
     Requeue::requeue(Duration::from_secs(5))
 }
