@@ -91,7 +91,8 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
         .map(|_| ())
 }
 
-/// Creates a namespace unique to the test.
+/// Creates a namespace unique to the test (and records its StreamJobs when asked, see
+/// [`crate::record`]).
 pub async fn test_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
     let name = unique_name(prefix);
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -106,5 +107,7 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> anyhow::Result<Str
         .create(&PostParams::default(), &ns)
         .await
         .with_context(|| format!("failed to create namespace {name}"))?;
+    // Every StreamJob state in it, when OXBOW_RECORD_STATUSES asks for recordings.
+    crate::record::namespace(client, &name, prefix).await;
     Ok(name)
 }

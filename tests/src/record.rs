@@ -2,21 +2,21 @@
 //! (`manifests/argocd/oxbow.dev/StreamJob/testdata/`).
 //!
 //! Nothing happens unless `OXBOW_RECORD_STATUSES=<dir>` is set. Then [`current`] writes one
-//! whole StreamJob, as the API server returns it, to `<dir>/<label>.yaml`, and [`watch`]
-//! follows a job through a whole test and writes every distinct health state it passes
+//! whole StreamJob, as the API server returns it, to `<dir>/<label>.yaml`, and [`namespace`]
+//! follows the jobs of a test's namespace and writes every distinct health state each passes
 //! through (phase, operation step, condition statuses and reasons, generation observed or not,
 //! deletion), so that short-lived states such as Savepointing are caught too. Server-assigned
 //! fields that only vary between runs (uid, resourceVersion, creationTimestamp, managedFields)
 //! are left out.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
 use futures_util::StreamExt;
 use kube::{
-    Api,
+    Api, Client,
     api::{ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams},
 };
 use oxbow_crds::StreamJob;
@@ -51,55 +51,39 @@ pub async fn current(jobs: &Api<StreamJob>, name: &str, label: &str) {
     }
 }
 
-/// Records every distinct health state of job `name` as `<prefix>-<nn>-<phase>[-<step>].yaml`
-/// until the returned guard is dropped. Watching has begun when this returns, so a job created
-/// afterwards is recorded from its first state, before it has a status.
-pub async fn watch(jobs: &Api<StreamJob>, name: &str, prefix: &str) -> Recording {
-    let Some(dir) = dir() else {
-        return Recording { task: None };
-    };
+/// Records every distinct health state of each StreamJob in namespace `ns` as
+/// `<prefix>-<job>-<nn>-<phase>[-<operation>-<step>].yaml`, for as long as the test's runtime
+/// runs. Watching has begun when this returns, so a job created afterwards is recorded from
+/// its first state, before it has a status. [`crate::kube_env::test_namespace`] calls it, so
+/// every test in a namespace of its own is recorded.
+pub async fn namespace(client: &Client, ns: &str, prefix: &str) {
+    let Some(dir) = dir() else { return };
+    let resource = ApiResource::erase::<StreamJob>(&());
     let mut follower = Follower {
-        jobs: raw(jobs),
-        selector: format!("metadata.name={name}"),
+        jobs: Api::namespaced_with(client.clone(), ns, &resource),
         prefix: prefix.to_owned(),
         dir,
         seen: BTreeSet::new(),
+        count: BTreeMap::new(),
     };
     let version = follower.list().await;
-    let task = tokio::spawn(async move { follower.follow(version).await });
-    Recording { task: Some(task) }
-}
-
-/// Stops the recording when dropped.
-#[derive(Debug)]
-pub struct Recording {
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+    tokio::spawn(async move { follower.follow(version).await });
 }
 
 struct Follower {
     jobs: Api<DynamicObject>,
-    selector: String,
     prefix: String,
     dir: PathBuf,
-    seen: BTreeSet<String>,
+    /// (job, state) pairs written.
+    seen: BTreeSet<(String, String)>,
+    /// States written per job.
+    count: BTreeMap<String, usize>,
 }
 
 impl Follower {
     /// Records what a list shows and returns the list's version to watch from.
     async fn list(&mut self) -> Option<String> {
-        let list = self
-            .jobs
-            .list(&ListParams::default().fields(&self.selector))
-            .await
-            .ok()?;
+        let list = self.jobs.list(&ListParams::default()).await.ok()?;
         for job in &list.items {
             self.note(&to_json(job));
         }
@@ -115,7 +99,7 @@ impl Follower {
                 version = self.list().await;
                 continue;
             };
-            let params = WatchParams::default().fields(&self.selector).timeout(60);
+            let params = WatchParams::default().timeout(60);
             if let Ok(stream) = self.jobs.watch(&params, &from).await {
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
@@ -132,11 +116,17 @@ impl Follower {
         }
     }
 
-    /// Records `job` if its health state is new.
+    /// Records `job` if its health state is new for it.
     fn note(&mut self, job: &Value) {
-        if !self.seen.insert(signature(job)) {
+        let name = job["metadata"]["name"]
+            .as_str()
+            .unwrap_or("unnamed")
+            .to_owned();
+        if !self.seen.insert((name.clone(), signature(job))) {
             return;
         }
+        let n = self.count.entry(name.clone()).or_default();
+        *n += 1;
         let status = &job["status"];
         let phase = status["phase"].as_str().unwrap_or("NoStatus");
         let operation = &status["operation"];
@@ -144,7 +134,7 @@ impl Follower {
             (Some(t), Some(s)) => format!("-{t}-{s}"),
             _ => String::new(),
         };
-        let label = format!("{}-{:02}-{phase}{step}", self.prefix, self.seen.len());
+        let label = format!("{}-{name}-{n:02}-{phase}{step}", self.prefix);
         write(&self.dir, job, &label);
     }
 }

@@ -23,7 +23,7 @@ use kube::{
 };
 use oxbow_crds::{StreamJob, jobfile::JobFile, streamjob::Phase};
 use oxbow_operator::{children::WorkerDefaults, controller};
-use oxbow_tests::{kafka, kube_env, record, unique_name, worker::eventually};
+use oxbow_tests::{kafka, kube_env, unique_name, worker::eventually};
 
 fn manifest(name: &str, bootstrap: &str, topic: &str, filter: &str) -> StreamJob {
     oxbow_crds::parse_manifest(&format!(
@@ -72,10 +72,6 @@ async fn a_streamjob_becomes_its_children_and_an_invalid_one_is_reported() {
     });
 
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &ns);
-    let _recording = (
-        record::watch(&jobs, "fraud", "deploy").await,
-        record::watch(&jobs, "broken", "deploy-invalid").await,
-    );
     let job = jobs
         .create(
             &PostParams::default(),
