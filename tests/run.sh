@@ -28,7 +28,10 @@ fi
 
 log="$(mktemp)"
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# The tests run the binaries (oxbow-operator has no integration tests of its own, so `cargo
+# test` alone would not build it).
+cargo build --workspace --bins --locked 2>&1 | tee "$log" || status=$?
+[[ $status == 0 ]] && { cargo test --workspace --locked "$@" 2>&1 | tee -a "$log" || status=$?; }
 # One closing line over every test binary, in the form CI reads.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
