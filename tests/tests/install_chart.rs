@@ -409,11 +409,11 @@ fn install_files_are_up_to_date_with_their_sources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_chart_applies_server_side_in_both_rbac_modes() {
     let client = kube_env::client().await.unwrap();
-    let release_ns = unique_name("oxbow-sys");
-    let (team_a, team_b) = (unique_name("team-a"), unique_name("team-b"));
-    for ns in [&release_ns, &team_a, &team_b] {
-        create_namespace(&client, ns).await;
+    let mut namespaces = Vec::new();
+    for prefix in ["oxbow-sys", "team-a", "team-b"] {
+        namespaces.push(kube_env::test_namespace(&client, prefix).await.unwrap());
     }
+    let [release_ns, team_a, team_b] = <[String; 3]>::try_from(namespaces).unwrap();
     let statefulset = worker_stateful_set();
     let worker_pod = statefulset.spec.as_ref().unwrap().template.clone();
     let worker_labels = worker_pod
@@ -1302,6 +1302,29 @@ spec:
     [job("clicks", "amount > 0"), job("broken", "amount >")]
 }
 
+/// How many objects of kind `K` in `ns` the StreamJob `uid` owns, with an owner reference
+/// that blocks its deletion until they are gone (the garbage collector's foreground mode).
+async fn owned_children<K>(client: &Client, ns: &str, uid: &str) -> anyhow::Result<usize>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|o| {
+            o.meta().owner_references.iter().flatten().any(|r| {
+                r.uid == uid && r.block_owner_deletion == Some(true) && r.controller == Some(true)
+            })
+        })
+        .count())
+}
+
 /// What a user checks after applying the two jobs: the valid one has its children, its
 /// finalizer, a phase and a Deploying event; the invalid one says so in its status and in an
 /// event that was repeated (patched); the operator holds its Lease.
@@ -1322,44 +1345,12 @@ async fn reconciled(
     {
         return Ok(None);
     }
-    let owned = |meta: &kube::api::ObjectMeta| {
-        meta.owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.uid == job.uid().unwrap_or_default() && o.block_owner_deletion == Some(true))
-    };
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let selector = ListParams::default().labels("app.kubernetes.io/instance=clicks");
+    let uid = job.uid().unwrap_or_default();
     let children = [
-        sets.list(&selector)
-            .await?
-            .items
-            .iter()
-            .filter(|o| owned(&o.metadata))
-            .count(),
-        maps.list(&selector)
-            .await?
-            .items
-            .iter()
-            .filter(|o| owned(&o.metadata))
-            .count(),
-        secrets
-            .list(&selector)
-            .await?
-            .items
-            .iter()
-            .filter(|o| owned(&o.metadata))
-            .count(),
-        services
-            .list(&selector)
-            .await?
-            .items
-            .iter()
-            .filter(|o| owned(&o.metadata))
-            .count(),
+        owned_children::<StatefulSet>(client, ns, &uid).await?,
+        owned_children::<ConfigMap>(client, ns, &uid).await?,
+        owned_children::<Secret>(client, ns, &uid).await?,
+        owned_children::<Service>(client, ns, &uid).await?,
     ];
     if children != [1, 1, 1, 1] {
         return Ok(None);
@@ -1633,8 +1624,9 @@ async fn run_case(
     bootstrap: String,
     topic: String,
 ) -> Result<(), String> {
-    let ns = unique_name("rbac");
-    create_namespace(&client, &ns).await;
+    let ns = kube_env::test_namespace(&client, "rbac")
+        .await
+        .map_err(|e| format!("{e:#}"))?;
     let level = format!(
         "log.level={}",
         case.removed.as_ref().map_or("info", Removed::log_level)
