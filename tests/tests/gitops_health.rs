@@ -294,99 +294,68 @@ fn argocd_cm_patch(script: &str) -> String {
 
 // --- Flux (kstatus) ---------------------------------------------------------------------------
 
-/// The kstatus status each fixture must have, with the start of its message. Where kstatus and
+/// The kstatus status each fixture (`testdata/<name>.yaml`) must have, with the start of its
+/// message. Where kstatus and
 /// Argo CD part ways, the line says so (manifests/argocd/README.md explains each).
 const KSTATUS: &[(&str, &str, &str)] = &[
     // kstatus cannot tell a resource its controller has not seen from a settled one.
-    ("testdata/no-status.yaml", "Current", "Resource is current"),
+    ("no-status", "Current", "Resource is current"),
     (
-        "testdata/first-record-without-observed-generation.yaml",
+        "first-record-without-observed-generation",
         "Current",
         "Resource is current",
     ),
-    ("testdata/deploying.yaml", "InProgress", "Deploying"),
-    ("testdata/running.yaml", "Current", "Resource is Ready"),
+    ("deploying", "InProgress", "Deploying"),
+    ("running", "Current", "Resource is Ready"),
     (
-        "testdata/generation-ahead.yaml",
+        "generation-ahead",
         "InProgress",
         "StreamJob generation is 2, but latest observed generation is 1",
     ),
     (
-        "testdata/rescale-recorded-before-observed.yaml",
+        "rescale-recorded-before-observed",
         "InProgress",
         "StreamJob generation is 2, but latest observed generation is 1",
     ),
-    (
-        "testdata/rescaling-savepointing.yaml",
-        "InProgress",
-        "Rescaling",
-    ),
-    (
-        "testdata/rescaling-rolling-out.yaml",
-        "InProgress",
-        "Rescaling",
-    ),
-    (
-        "testdata/rescaling-verifying.yaml",
-        "InProgress",
-        "Rescaling",
-    ),
-    ("testdata/savepointing.yaml", "InProgress", "Savepointing"),
-    ("testdata/suspending.yaml", "InProgress", "Suspending"),
+    ("rescaling-savepointing", "InProgress", "Rescaling"),
+    ("rescaling-rolling-out", "InProgress", "Rescaling"),
+    ("rescaling-verifying", "InProgress", "Rescaling"),
+    ("savepointing", "InProgress", "Savepointing"),
+    ("suspending", "InProgress", "Suspending"),
     // Ready False while suspended: a Flux wait on a suspended job never ends.
+    ("suspended", "InProgress", "the job is suspended"),
+    ("resuming", "InProgress", "Deploying"),
+    ("upgrading-savepointing", "InProgress", "Upgrading"),
+    ("upgrading-fencing", "InProgress", "Upgrading"),
+    ("upgrading-verifying", "InProgress", "Upgrading"),
     (
-        "testdata/suspended.yaml",
-        "InProgress",
-        "the job is suspended",
-    ),
-    ("testdata/resuming.yaml", "InProgress", "Deploying"),
-    (
-        "testdata/upgrading-savepointing.yaml",
-        "InProgress",
-        "Upgrading",
-    ),
-    ("testdata/upgrading-fencing.yaml", "InProgress", "Upgrading"),
-    (
-        "testdata/upgrading-verifying.yaml",
-        "InProgress",
-        "Upgrading",
-    ),
-    (
-        "testdata/upgrade-blocked.yaml",
+        "upgrade-blocked",
         "Failed",
         "worker 0 failed savepoint upgrade-",
     ),
     (
-        "testdata/upgrade-blocked-workers-restarting.yaml",
+        "upgrade-blocked-workers-restarting",
         "Failed",
         "worker 0 failed savepoint upgrade-",
     ),
+    ("upgrading-last-state", "InProgress", "Upgrading"),
     (
-        "testdata/upgrading-last-state.yaml",
-        "InProgress",
-        "Upgrading",
-    ),
-    (
-        "testdata/worker-restarting.yaml",
+        "worker-restarting",
         "InProgress",
         "not every worker is restored and processing",
     ),
     (
-        "testdata/invalid-spec.yaml",
+        "invalid-spec",
         "Failed",
         "spec.pipeline[0].filter: \"amount >\" is not a valid CEL expression",
     ),
-    ("testdata/rolling-back.yaml", "InProgress", "RollingBack"),
+    ("rolling-back", "InProgress", "RollingBack"),
     // Ready and not Stalled: kstatus sees a healthy job where Argo CD sees Degraded.
-    ("testdata/rolled-back.yaml", "Current", "Resource is Ready"),
+    ("rolled-back", "Current", "Resource is Ready"),
+    ("checkpoint-stale", "Current", "Resource is Ready"),
+    ("lag-high", "Current", "Resource is Ready"),
     (
-        "testdata/checkpoint-stale.yaml",
-        "Current",
-        "Resource is Ready",
-    ),
-    ("testdata/lag-high.yaml", "Current", "Resource is Ready"),
-    (
-        "testdata/worker-failed.yaml",
+        "worker-failed",
         "InProgress",
         "not every worker is restored and processing",
     ),
@@ -451,8 +420,9 @@ fn kstatus(obj: &Json) -> (&'static str, String) {
 #[test]
 fn kstatus_of_every_recorded_status_is_as_expected() {
     let mut failures = Vec::new();
-    for (input, want, message) in KSTATUS {
-        let (got, got_message) = kstatus(&fixture(input));
+    for (name, want, message) in KSTATUS {
+        let input = format!("testdata/{name}.yaml");
+        let (got, got_message) = kstatus(&fixture(&input));
         if got != *want || !got_message.starts_with(message) {
             failures.push(format!(
                 "{input}: want {want} {message:?}..., got {got} {got_message:?}"
@@ -460,7 +430,10 @@ fn kstatus_of_every_recorded_status_is_as_expected() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let listed: BTreeSet<String> = KSTATUS.iter().map(|(p, _, _)| (*p).to_owned()).collect();
+    let listed: BTreeSet<String> = KSTATUS
+        .iter()
+        .map(|(name, _, _)| format!("testdata/{name}.yaml"))
+        .collect();
     assert_eq!(
         listed,
         testdata(),
