@@ -333,6 +333,33 @@ fn the_chart_lints_strictly_in_both_rbac_modes() {
         );
         assert!(!out.contains("[WARNING]"), "{sets:?}: {out}");
     }
+    // The packaged chart carries the CRD and the values schema.
+    let dir = std::env::temp_dir().join(unique_name("oxbow-package"));
+    run(
+        helm()
+            .args(["package", "charts/oxbow", "--destination"])
+            .arg(&dir),
+        None,
+    )
+    .unwrap();
+    let package = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let listing = run(Command::new("tar").arg("-tzf").arg(&package), None).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    for file in [
+        "oxbow/crds/streamjobs.oxbow.dev.yaml",
+        "oxbow/values.schema.json",
+        "oxbow/templates/rbac.yaml",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == file),
+            "{file} not in {listing}"
+        );
+    }
 }
 
 #[test]
@@ -1504,6 +1531,38 @@ async fn helm_install_reconciles_with_the_charts_rbac_and_uninstall_removes_it()
         panic!("{e:#}\noperator log:\n{}", process.log());
     }
     drop(process);
+
+    // An upgrade with a changed value rolls the Deployment's pod template.
+    let out = run(
+        helm()
+            .args([
+                "upgrade",
+                &release,
+                "charts/oxbow",
+                "--namespace",
+                &ns,
+                "--reuse-values",
+            ])
+            .args(["--set", "log.level=debug"])
+            .env("KUBECONFIG", kubeconfig),
+        None,
+    )
+    .unwrap();
+    assert!(out.contains("REVISION: 2"), "{out}");
+    let env = run(
+        kubectl().args([
+            "get",
+            "deployment",
+            &operator,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"OXBOW_LOG\")].value}",
+        ]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(env, "debug");
 
     run(
         helm()
