@@ -395,6 +395,6 @@ async fn publish(ctx: &Context, job: &StreamJob, type_: EventType, reason: &str,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::debug!(error = %e, "failed to publish an event");
+        tracing::warn!(error = %e, reason, "failed to publish an event");
     }
 }
