@@ -353,6 +353,11 @@ const KSTATUS: &[(&str, &str, &str)] = &[
     // Ready and not Stalled: kstatus sees a healthy job where Argo CD sees Degraded.
     ("rolled-back", "Current", "Resource is Ready"),
     ("checkpoint-stale", "Current", "Resource is Ready"),
+    (
+        "checkpoint-stale-not-consuming",
+        "InProgress",
+        "not every worker is restored and processing",
+    ),
     ("lag-high", "Current", "Resource is Ready"),
     (
         "worker-failed",
