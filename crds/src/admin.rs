@@ -50,6 +50,26 @@ pub struct WorkerStatus {
     pub error: Option<String>,
 }
 
+impl WorkerStatus {
+    /// A worker of `ordinal` in `state` that has processed nothing yet.
+    pub fn new(ordinal: u32, state: WorkerState) -> Self {
+        WorkerStatus {
+            ordinal,
+            assignment_generation: 0,
+            spec_generation: 0,
+            state,
+            restored_from: None,
+            partitions: Vec::new(),
+            last_checkpoint: None,
+            state_bytes: 0,
+            records_in: 0,
+            records_out: 0,
+            dead_lettered: 0,
+            error: None,
+        }
+    }
+}
+
 /// Life cycle of a worker process.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
@@ -72,9 +92,7 @@ pub enum WorkerState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionStatus {
-    /// Topic.
     pub topic: String,
-    /// Partition.
     pub partition: i32,
     /// Next offset to consume.
     pub position: i64,
@@ -87,11 +105,10 @@ pub struct PartitionStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSummary {
-    /// Checkpoint id.
     pub id: u64,
     /// Completion time, epoch milliseconds.
     pub completed_at_ms: i64,
-    /// Duration.
+    /// How long it took, in milliseconds.
     pub duration_ms: u64,
     /// Bytes written.
     pub size_bytes: u64,
@@ -113,9 +130,8 @@ pub struct SavepointRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SavepointResult {
-    /// Savepoint id.
     pub id: String,
-    /// Progress.
+    /// In progress, completed or failed.
     pub state: SavepointState,
     /// Object-storage URL of the savepoint directory, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

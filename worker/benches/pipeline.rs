@@ -7,7 +7,7 @@ use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use oxbow_worker::{
-    bench::{Generator, encode_event, reference_pipeline},
+    bench::{Generator, encode_event, pipeline::reference_pipeline},
     engine::{InputRecord, Output, Task, Value, codec, expr::Expr},
 };
 

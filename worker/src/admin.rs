@@ -1,18 +1,11 @@
-//! The worker's admin HTTP API (paths and messages in [`oxbow_crds::admin`]).
+//! The worker's admin HTTP API: routes only (paths and messages in [`oxbow_crds::admin`]).
 //!
 //! `/healthz`, `/readyz` and `/metrics` are open to kubelet probes and Prometheus; `/v1/...`
 //! needs `Authorization: Bearer <token>` with the job's admin token. The server runs on its own
-//! thread; it reads what the processing loop publishes and hands it commands (savepoints).
+//! thread; it reads what the processing loop publishes in [`Shared`] and hands it commands
+//! (savepoints).
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-};
+use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering};
 
 use axum::{
     Json, Router,
@@ -23,204 +16,24 @@ use axum::{
 };
 use oxbow_crds::admin::{
     HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, SAVEPOINTS_PATH, STATUS_PATH, SavepointRequest,
-    SavepointResult, SavepointState, WorkerState, WorkerStatus,
+    SavepointResult, SavepointState,
 };
-use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+use prometheus_client::{encoding::text::encode, registry::Registry};
+
+use crate::{
+    events::{Emit, SavepointDisposed},
+    runtime::control::{Command, Shared},
 };
 
-/// A command from the API to the processing loop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// Take a savepoint; with `stop`, process nothing afterwards.
-    Savepoint(SavepointRequest),
-}
-
-/// Labels of per-reason counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Static reason.
-    pub reason: &'static str,
-}
-
-/// Labels of transaction counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// `commit` or `abort`.
-    pub outcome: &'static str,
-}
-
-/// Labels of per-partition series (bounded by the job's assignment).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabel {
-    /// Input topic.
-    pub topic: String,
-    /// Input partition.
-    pub partition: i32,
-}
-
-/// The worker's metrics. Labels are bounded: reasons and outcomes are static strings.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Records consumed, per input partition.
-    pub records_in: Family<PartitionLabel, Counter>,
-    /// Records produced by the tasks of each input partition: to the sink, or to the shuffle
-    /// topic for the source stage of a repartitioning pipeline.
-    pub records_out: Family<PartitionLabel, Counter>,
-    /// Next offset to consume, per input partition.
-    pub consumer_position: Family<PartitionLabel, Gauge>,
-    /// Checkpoints that failed, by the system that failed.
-    pub checkpoint_failures: Family<ReasonLabel, Counter>,
-    /// 1 while the worker backs off after a failed checkpoint, waiting for Kafka or the store.
-    pub retrying: Gauge,
-    /// Records dead-lettered, by reason.
-    pub dead_lettered: Family<ReasonLabel, Counter>,
-    /// Checkpoints completed.
-    pub checkpoints: Counter,
-    /// Duration of the last checkpoint, milliseconds.
-    pub checkpoint_duration_ms: Gauge,
-    /// Bytes written by the last checkpoint.
-    pub checkpoint_bytes: Gauge,
-    /// Completion time of the last checkpoint, epoch seconds.
-    pub last_checkpoint_timestamp_seconds: Gauge,
-    /// Kafka transactions, by outcome.
-    pub transactions: Family<OutcomeLabel, Counter>,
-    /// Bytes of task state held.
-    pub state_bytes: Gauge,
-}
-
-impl Metrics {
-    fn register(self: &Arc<Self>) -> Registry {
-        let mut r = Registry::with_prefix("oxbow_worker");
-        r.register(
-            "records_in",
-            "Records consumed, per input partition",
-            self.records_in.clone(),
-        );
-        r.register(
-            "records_out",
-            "Records produced by each input partition's task (to the sink, or to the shuffle topic from a source stage)",
-            self.records_out.clone(),
-        );
-        r.register(
-            "consumer_position",
-            "Next offset to consume, per input partition",
-            self.consumer_position.clone(),
-        );
-        r.register(
-            "checkpoint_failures",
-            "Checkpoints that failed and were retried, by the system that failed",
-            self.checkpoint_failures.clone(),
-        );
-        r.register(
-            "retrying",
-            "1 while backing off after a failed checkpoint",
-            self.retrying.clone(),
-        );
-        r.register(
-            "dead_lettered",
-            "Records sent to the dead-letter topic, by reason",
-            self.dead_lettered.clone(),
-        );
-        r.register(
-            "checkpoints",
-            "Checkpoints completed",
-            self.checkpoints.clone(),
-        );
-        r.register(
-            "checkpoint_duration_ms",
-            "Duration of the last checkpoint",
-            self.checkpoint_duration_ms.clone(),
-        );
-        r.register(
-            "checkpoint_bytes",
-            "Snapshot bytes written by the last checkpoint",
-            self.checkpoint_bytes.clone(),
-        );
-        r.register(
-            "last_checkpoint_timestamp_seconds",
-            "When the last checkpoint completed",
-            self.last_checkpoint_timestamp_seconds.clone(),
-        );
-        r.register(
-            "transactions",
-            "Kafka transactions by outcome",
-            self.transactions.clone(),
-        );
-        r.register(
-            "state_bytes",
-            "Bytes of window state held",
-            self.state_bytes.clone(),
-        );
-        r
-    }
-}
-
-/// What the API and the processing loop share.
+/// The API's state: the loop's shared state, the token and the metrics registry.
 #[derive(Debug)]
-pub struct Shared {
+struct Api {
+    shared: Arc<Shared>,
     token: String,
-    /// The loop's latest status.
-    pub status: Mutex<WorkerStatus>,
-    /// Savepoint results by id.
-    pub savepoints: Mutex<BTreeMap<String, SavepointResult>>,
-    /// Ready once restored and processing.
-    pub ready: AtomicBool,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
     registry: Registry,
-    commands: Mutex<mpsc::Sender<Command>>,
-    /// The job's checkpoint store, for disposing of savepoints.
-    store: std::sync::OnceLock<crate::checkpoint::store::CheckpointStore>,
 }
 
-impl Shared {
-    /// Gives the API the job's checkpoint store (for savepoint disposal).
-    pub fn set_store(&self, store: crate::checkpoint::store::CheckpointStore) {
-        let _ = self.store.set(store);
-    }
-
-    /// State for a worker of `ordinal`; commands arrive on the returned receiver.
-    pub fn new(token: String, ordinal: u32) -> (Arc<Self>, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel();
-        let metrics = Arc::new(Metrics::default());
-        let registry = metrics.register();
-        let status = WorkerStatus {
-            ordinal,
-            assignment_generation: 0,
-            spec_generation: 0,
-            state: WorkerState::Starting,
-            restored_from: None,
-            partitions: Vec::new(),
-            last_checkpoint: None,
-            state_bytes: 0,
-            records_in: 0,
-            records_out: 0,
-            dead_lettered: 0,
-            error: None,
-        };
-        let shared = Shared {
-            token,
-            status: Mutex::new(status),
-            savepoints: Mutex::new(BTreeMap::new()),
-            ready: AtomicBool::new(false),
-            metrics,
-            registry,
-            store: std::sync::OnceLock::new(),
-            commands: Mutex::new(tx),
-        };
-        (Arc::new(shared), rx)
-    }
-
-    /// Records a savepoint's progress.
-    pub fn set_savepoint(&self, result: SavepointResult) {
-        if let Ok(mut map) = self.savepoints.lock() {
-            map.insert(result.id.clone(), result);
-        }
-    }
-
+impl Api {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(value) = headers
             .get(header::AUTHORIZATION)
@@ -248,8 +61,14 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-/// The API's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The API's routes, answering `/v1` requests that carry `token`.
+pub fn router(shared: Arc<Shared>, token: String) -> Router {
+    let registry = shared.metrics.registry();
+    let api = Arc::new(Api {
+        shared,
+        token,
+        registry,
+    });
     Router::new()
         .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
         .route(READYZ_PATH, get(readyz))
@@ -260,11 +79,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             &format!("{SAVEPOINTS_PATH}/{{id}}"),
             get(savepoint).delete(dispose_savepoint),
         )
-        .with_state(shared)
+        .with_state(api)
 }
 
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
+async fn readyz(State(s): State<Arc<Api>>) -> Response {
+    if s.shared.ready.load(Ordering::Relaxed) {
         "ready\n".into_response()
     } else {
         (
@@ -275,7 +94,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics(State(s): State<Arc<Api>>) -> Response {
     let mut out = String::new();
     match encode(&mut out, &s.registry) {
         Ok(()) => (
@@ -294,30 +113,25 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn status(State(s): State<Arc<Api>>, headers: HeaderMap) -> Response {
     if !s.authorized(&headers) {
         return unauthorized();
     }
-    match s.status.lock() {
+    match s.shared.status.lock() {
         Ok(status) => Json(status.clone()).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
 async fn trigger_savepoint(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Api>>,
     headers: HeaderMap,
     Json(request): Json<SavepointRequest>,
 ) -> Response {
     if !s.authorized(&headers) {
         return unauthorized();
     }
-    if let Some(existing) = s
-        .savepoints
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&request.id).cloned())
-    {
+    if let Some(existing) = s.shared.savepoint(&request.id) {
         return (StatusCode::OK, Json(existing)).into_response();
     }
     let accepted = SavepointResult {
@@ -326,32 +140,22 @@ async fn trigger_savepoint(
         path: None,
         error: None,
     };
-    s.set_savepoint(accepted.clone());
-    let sent = s
-        .commands
-        .lock()
-        .map(|tx| tx.send(Command::Savepoint(request)).is_ok())
-        .unwrap_or(false);
-    if sent {
-        (StatusCode::ACCEPTED, Json(accepted)).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the worker is shutting down\n",
-        )
-            .into_response()
+    s.shared.set_savepoint(accepted.clone());
+    match s.shared.send(Command::Savepoint(request)) {
+        Ok(()) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 
 async fn savepoint(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
     if !s.authorized(&headers) {
         return unauthorized();
     }
-    match s.savepoints.lock().ok().and_then(|m| m.get(&id).cloned()) {
+    match s.shared.savepoint(&id) {
         Some(result) => Json(result).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -365,7 +169,7 @@ async fn savepoint(
 /// storage (the operator disposes of savepoints beyond `historyLimit` through a worker, which
 /// holds the storage credentials). Deleting a savepoint that is gone is not an error.
 async fn dispose_savepoint(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
@@ -379,7 +183,7 @@ async fn dispose_savepoint(
         )
             .into_response();
     }
-    let Some(store) = s.store.get() else {
+    let Some(store) = s.shared.store() else {
         return (StatusCode::CONFLICT, "this job has no checkpoint storage\n").into_response();
     };
     let dir = format!("{}/", oxbow_crds::checkpoint::savepoint_dir(&id));
@@ -392,7 +196,11 @@ async fn dispose_savepoint(
             return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response();
         }
     }
-    tracing::info!(savepoint = %id, objects = keys.len(), "disposed of a savepoint");
+    SavepointDisposed {
+        id: &id,
+        objects: keys.len(),
+    }
+    .emit(&s.shared.metrics);
     Json(serde_json::json!({"id": id, "deletedObjects": keys.len()})).into_response()
 }
 
@@ -408,7 +216,7 @@ pub struct ServeError {
 }
 
 /// Serves the API on `addr` from a thread of its own; returns the bound address.
-pub fn serve(addr: &str, shared: Arc<Shared>) -> Result<SocketAddr, ServeError> {
+pub fn serve(addr: &str, shared: Arc<Shared>, token: String) -> Result<SocketAddr, ServeError> {
     let err = |source| ServeError {
         addr: addr.to_owned(),
         source,
@@ -426,7 +234,7 @@ pub fn serve(addr: &str, shared: Arc<Shared>) -> Result<SocketAddr, ServeError> 
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
-                        if let Err(e) = axum::serve(listener, router(shared)).await {
+                        if let Err(e) = axum::serve(listener, router(shared, token)).await {
                             tracing::error!(error = %e, "the admin API stopped");
                         }
                     }

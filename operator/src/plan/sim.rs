@@ -418,18 +418,9 @@ impl World {
 
 fn worker(ordinal: u32, file: &JobFile, state: WorkerState) -> WorkerStatus {
     WorkerStatus {
-        ordinal,
         assignment_generation: file.assignment.generation,
         spec_generation: file.spec_generation,
-        state,
-        restored_from: None,
-        partitions: vec![],
-        last_checkpoint: None,
-        state_bytes: 0,
-        records_in: 0,
-        records_out: 0,
-        dead_lettered: 0,
-        error: None,
+        ..WorkerStatus::new(ordinal, state)
     }
 }
 

@@ -5,14 +5,15 @@ use oxbow_crds::{
     jobfile::Restore,
 };
 
-use super::{Exported, Worker};
+use super::{Exported, Shared, Worker};
 use crate::{
-    admin::{OutcomeLabel, PartitionLabel, ReasonLabel, Shared},
     engine::DeadLetterReason,
+    metrics::{PartitionLabel, ReasonLabel},
 };
 
 impl Worker {
-    /// Writes the worker's status and metrics for the admin API.
+    /// Writes the worker's status for the admin API, and the metrics that come from the tasks'
+    /// counters (events count their own, see [`crate::events`]).
     pub(super) fn publish(&mut self, shared: &Shared, state: WorkerState) {
         let (mut records_in, mut records_out, mut dead) = (0, 0, [0u64; 4]);
         let mut partitions = Vec::new();
@@ -61,29 +62,10 @@ impl Worker {
                 })
                 .inc_by(dead[i].saturating_sub(self.exported.dead_lettered[i]));
         }
-        m.transactions
-            .get_or_create(&OutcomeLabel { outcome: "commit" })
-            .inc_by(self.commits - self.exported.commits);
-        m.transactions
-            .get_or_create(&OutcomeLabel { outcome: "abort" })
-            .inc_by(self.aborts - self.exported.aborts);
         m.state_bytes
             .set(i64::try_from(state_bytes).unwrap_or(i64::MAX));
-        if let Some((report, at_ms)) = &self.last_report {
-            m.checkpoints
-                .inc_by(report.id.saturating_sub(self.exported.checkpoint_id));
-            m.checkpoint_duration_ms
-                .set(i64::try_from(report.duration.as_millis()).unwrap_or(i64::MAX));
-            m.checkpoint_bytes
-                .set(i64::try_from(report.bytes).unwrap_or(i64::MAX));
-            m.last_checkpoint_timestamp_seconds.set(at_ms / 1000);
-            self.exported.checkpoint_id = report.id;
-        }
         self.exported = Exported {
             dead_lettered: dead,
-            commits: self.commits,
-            aborts: self.aborts,
-            ..self.exported
         };
         let last_checkpoint = self.last_report.as_ref().map(|(r, at)| CheckpointSummary {
             id: r.id,

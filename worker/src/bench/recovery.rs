@@ -8,9 +8,6 @@
 //! memory is read from `/proc/<pid>/status` under load and after a few idle seconds.
 
 use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
     process::{Child, Command},
     sync::{
         Arc,
@@ -19,44 +16,62 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oxbow_crds::{
-    assignment::assign,
-    jobfile::{JobFile, Restore},
-};
-
-use crate::{
-    bench::{Generator, encode_event, reference_job_yaml},
-    bench_kafka::{create_topics, producer, send},
+use super::{
+    BenchError,
+    kafka::{create_topics, producer, send},
+    reference::{Generator, encode_event, reference_job_file},
 };
 
 const ROUNDS: usize = 5;
 const TOKEN: &str = "bench";
 
-/// A minimal HTTP/1.1 GET on loopback: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
+/// A worker's admin API on loopback.
+struct Admin {
+    client: reqwest::Client,
+    io: tokio::runtime::Runtime,
 }
 
-/// Records this process consumed, from its metrics.
-fn records_in(port: u16) -> Option<u64> {
-    let (_, body) = get(port, "/metrics")?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("oxbow_worker_records_in_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
-    )
+impl Admin {
+    fn new() -> Result<Self, BenchError> {
+        let io = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BenchError::io("start an I/O runtime"))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| BenchError::Io {
+                action: "create an HTTP client",
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Admin { client, io })
+    }
+
+    /// `GET path` on the worker at `port`: (status, body), or `None` while it does not answer.
+    fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        self.io.block_on(async {
+            let response = self
+                .client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.text().await.ok()?))
+        })
+    }
+
+    /// Records this process consumed, from its metrics.
+    fn records_in(&self, port: u16) -> Option<u64> {
+        let (_, body) = self.get(port, "/metrics")?;
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with("oxbow_worker_records_in_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum(),
+        )
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -70,11 +85,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn free_port() -> Result<u16, String> {
+fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("failed to find a free port: {e}"))
+        .map_err(BenchError::io("find a free port"))
 }
 
 struct Process {
@@ -82,9 +97,9 @@ struct Process {
     port: u16,
 }
 
-fn spawn(job: &std::path::Path) -> Result<Process, String> {
+fn spawn(job: &std::path::Path) -> Result<Process, BenchError> {
     let port = free_port()?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(BenchError::io("find this executable"))?;
     let child = Command::new(exe)
         .args(["run", "--job"])
         .arg(job)
@@ -97,15 +112,16 @@ fn spawn(job: &std::path::Path) -> Result<Process, String> {
         .env("OXBOW_ADMIN_TOKEN", TOKEN)
         .env("OXBOW_LOG", "error")
         .spawn()
-        .map_err(|e| format!("failed to start a worker: {e}"))?;
+        .map_err(BenchError::io("start a worker"))?;
     Ok(Process { child, port })
 }
 
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<Duration, String> {
+/// Polls `check` every 5 ms (the resolution of the measurement) for up to a minute.
+fn wait_until(what: &'static str, mut check: impl FnMut() -> bool) -> Result<Duration, BenchError> {
     let started = Instant::now();
     while !check() {
         if started.elapsed() > Duration::from_secs(60) {
-            return Err(format!("timed out waiting for {what}"));
+            return Err(BenchError::Timeout(what));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -118,7 +134,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs the measurement against `bootstrap`.
-pub fn run(bootstrap: &str) -> Result<String, String> {
+pub fn run(bootstrap: &str) -> Result<String, BenchError> {
     let id = format!(
         "{}-{:x}",
         std::process::id(),
@@ -127,25 +143,18 @@ pub fn run(bootstrap: &str) -> Result<String, String> {
     let (input, output) = (format!("bench-rec-in-{id}"), format!("bench-rec-out-{id}"));
     create_topics(bootstrap, &[&input, &output])?;
     let dir = std::env::temp_dir().join(format!("oxbow-bench-recovery-{id}"));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let yaml = reference_job_yaml(bootstrap, &input, &output, &dir, "1s");
-    let spec = oxbow_crds::parse_manifest(&yaml)
-        .map_err(|e| e.to_string())?
-        .spec;
-    let job = JobFile::new(
-        "bench",
-        format!("recovery-{id}"),
-        1,
-        spec,
-        assign(&BTreeMap::from([(input.clone(), 1)]), 1, None),
-        Restore::LatestCheckpoint,
-    );
+    std::fs::create_dir_all(&dir).map_err(BenchError::io("create the checkpoint directory"))?;
+    let job = reference_job_file(
+        &format!("recovery-{id}"),
+        bootstrap,
+        &input,
+        &output,
+        &dir,
+        "1s",
+    )?;
     let job_path = dir.join("job.json");
-    std::fs::write(
-        &job_path,
-        serde_json::to_string(&job).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&job).map_err(|e| BenchError::ReferenceJob(e.to_string()))?;
+    std::fs::write(&job_path, json).map_err(BenchError::io("write the job file"))?;
 
     // 2000 events/s with event times following the clock.
     let stop = Arc::new(AtomicBool::new(false));
@@ -157,7 +166,7 @@ pub fn run(bootstrap: &str) -> Result<String, String> {
             Arc::clone(&stop),
             Arc::clone(&feeding),
         );
-        std::thread::spawn(move || -> Result<(), String> {
+        std::thread::spawn(move || -> Result<(), BenchError> {
             let p = producer(&bootstrap)?;
             let mut generator = Generator::new();
             let mut buf = Vec::new();
@@ -180,27 +189,34 @@ pub fn run(bootstrap: &str) -> Result<String, String> {
         })
     };
 
-    let result = (|| -> Result<String, String> {
+    let result = (|| -> Result<String, BenchError> {
+        let admin = Admin::new()?;
         let mut worker = spawn(&job_path)?;
         wait_until("the first worker to process", || {
-            records_in(worker.port).is_some_and(|n| n > 0)
+            admin.records_in(worker.port).is_some_and(|n| n > 0)
         })?;
         std::thread::sleep(Duration::from_secs(3));
         let rss_load = rss_kib(worker.child.id()).unwrap_or_default();
         let (mut to_ready, mut to_processing) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             std::thread::sleep(Duration::from_millis(1500));
-            worker.child.kill().map_err(|e| e.to_string())?;
+            worker
+                .child
+                .kill()
+                .map_err(BenchError::io("kill the worker"))?;
             let killed = Instant::now();
-            worker.child.wait().map_err(|e| e.to_string())?;
+            worker
+                .child
+                .wait()
+                .map_err(BenchError::io("wait for the killed worker"))?;
             worker = spawn(&job_path)?;
             let port = worker.port;
             wait_until("/readyz", || {
-                get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+                admin.get(port, "/readyz").is_some_and(|(s, _)| s == 200)
             })?;
             to_ready.push(killed.elapsed());
             wait_until("the first record", || {
-                records_in(port).is_some_and(|n| n > 0)
+                admin.records_in(port).is_some_and(|n| n > 0)
             })?;
             to_processing.push(killed.elapsed());
         }
@@ -222,9 +238,7 @@ pub fn run(bootstrap: &str) -> Result<String, String> {
         ))
     })();
     stop.store(true, Ordering::Relaxed);
-    let fed = feeder
-        .join()
-        .map_err(|_| "the feeder panicked".to_owned())?;
+    let fed = feeder.join().map_err(|_| BenchError::Panicked("feeder"))?;
     std::fs::remove_dir_all(&dir).ok();
     fed?;
     result

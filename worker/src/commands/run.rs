@@ -1,9 +1,11 @@
-//! `oxbow-worker run`: the worker process of a StatefulSet pod.
+//! `oxbow-worker run`: the worker process of a StatefulSet pod. Reads the job file the
+//! operator mounts, serves the admin API, runs the worker until SIGTERM and takes a final
+//! checkpoint.
 
 use std::{
     path::PathBuf,
+    process::ExitCode,
     sync::{Arc, atomic::AtomicBool},
-    time::Duration,
 };
 
 use oxbow_crds::{
@@ -12,9 +14,10 @@ use oxbow_crds::{
     names,
 };
 
+use super::RunArgs;
 use crate::{
-    admin::{self, Shared},
-    runtime::{Control, RuntimeError, Worker, WorkerConfig},
+    admin,
+    runtime::{Control, RuntimeError, Shared, Worker, WorkerConfig},
 };
 
 /// Why `run` could not start.
@@ -45,60 +48,9 @@ pub enum StartError {
         "cannot tell this worker's ordinal: pass --ordinal N or run as a StatefulSet pod (POD_NAME or HOSTNAME ending in -N)"
     )]
     Ordinal,
-    /// Arguments are wrong.
-    #[error("{0}")]
-    Usage(String),
 }
 
-/// Options of `run`.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Job file path.
-    pub job: Option<PathBuf>,
-    /// StatefulSet ordinal.
-    pub ordinal: Option<u32>,
-    /// Bootstrap override.
-    pub bootstrap: Option<String>,
-    /// Address of the admin API (default `0.0.0.0:9249`).
-    pub admin_addr: Option<String>,
-    /// How long one Kafka operation (fencing, commit, flush) may take (default 30s).
-    pub kafka_timeout: Option<Duration>,
-}
-
-impl RunOptions {
-    /// Parses `--job PATH --ordinal N --bootstrap HOST:PORT`.
-    pub fn parse(args: &[String]) -> Result<Self, StartError> {
-        let mut options = RunOptions::default();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| StartError::Usage(format!("{flag} needs a value")))
-            };
-            match flag.as_str() {
-                "--job" => options.job = Some(PathBuf::from(value()?)),
-                "--ordinal" => {
-                    let v = value()?;
-                    options.ordinal = Some(v.parse().map_err(|_| {
-                        StartError::Usage(format!("--ordinal takes a number, got {v:?}"))
-                    })?);
-                }
-                "--bootstrap" => options.bootstrap = Some(value()?),
-                "--admin-addr" => options.admin_addr = Some(value()?),
-                "--kafka-timeout" => {
-                    let v = value()?;
-                    options.kafka_timeout =
-                        Some(oxbow_crds::duration::parse_duration(&v).map_err(|e| {
-                            StartError::Usage(format!("--kafka-timeout {v:?}: {e}"))
-                        })?);
-                }
-                other => return Err(StartError::Usage(format!("unknown argument {other:?}"))),
-            }
-        }
-        Ok(options)
-    }
-
+impl RunArgs {
     /// The worker configuration: job file from `--job`, `OXBOW_JOB_FILE` or the mounted
     /// path; ordinal from `--ordinal`, `POD_NAME` or `HOSTNAME`.
     pub fn config(&self) -> Result<WorkerConfig, StartError> {
@@ -126,34 +78,8 @@ impl RunOptions {
             job,
             ordinal,
             bootstrap: self.bootstrap.clone(),
-            kafka_timeout: self.kafka_timeout.unwrap_or(Duration::from_secs(30)),
+            kafka_timeout: self.kafka_timeout,
         })
-    }
-}
-
-/// Installs the log subscriber: level from `OXBOW_LOG` (or `RUST_LOG`, default `info`), JSON
-/// lines when `OXBOW_LOG_FORMAT=json`.
-pub fn init_logging() {
-    init_logging_default("info");
-}
-
-/// [`init_logging`] with another default level.
-pub fn init_logging_default(level: &str) {
-    let filter = std::env::var("OXBOW_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| level.to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if std::env::var("OXBOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    if let Err(e) = result {
-        eprintln!("oxbow-worker: logging is not available: {e}");
     }
 }
 
@@ -167,8 +93,28 @@ fn admin_token() -> String {
         .unwrap_or_default()
 }
 
+/// `oxbow-worker run`: exit code 2 when the worker cannot start (a missing or invalid job
+/// file, no ordinal), 1 when it stops with an error.
+pub fn main(args: &RunArgs) -> ExitCode {
+    super::init_logging("info");
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the worker, with its admin API, until SIGTERM or SIGINT, then takes a final checkpoint.
-pub fn run(config: WorkerConfig, options: &RunOptions) -> Result<(), RunError> {
+pub fn run(config: WorkerConfig, options: &RunArgs) -> Result<(), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
@@ -182,7 +128,7 @@ pub fn run(config: WorkerConfig, options: &RunOptions) -> Result<(), RunError> {
             "no admin token (OXBOW_ADMIN_TOKEN or {ADMIN_TOKEN_PATH}): the /v1 admin endpoints refuse every request"
         );
     }
-    let (shared, commands) = Shared::new(token, ordinal);
+    let (shared, commands) = Shared::new(ordinal);
     let addr = options
         .admin_addr
         .clone()
@@ -200,7 +146,7 @@ pub fn run(config: WorkerConfig, options: &RunOptions) -> Result<(), RunError> {
             .unwrap_or(std::time::Duration::from_secs(60));
         shared.set_store(store.with_timeout(timeout));
     }
-    let bound = admin::serve(&addr, std::sync::Arc::clone(&shared))?;
+    let bound = admin::serve(&addr, Arc::clone(&shared), token)?;
     tracing::info!(%job, ordinal, generation = config.job.assignment.generation, admin = %bound, "starting");
     let mut worker = Worker::start(config)?;
     tracing::info!(partitions = ?worker, "restored; processing");

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    path::PathBuf,
+    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -30,30 +30,14 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
 };
 
-use crate::{
-    admin::Shared,
-    runtime::{Control, RuntimeError, Worker, WorkerConfig},
-};
+use super::LocalArgs;
+use crate::runtime::{Control, RuntimeError, Shared, Worker, WorkerConfig};
 
-/// Options of `local`.
-#[derive(Clone, Debug, Default)]
-pub struct LocalOptions {
-    /// The StreamJob manifest.
-    pub manifest: PathBuf,
-    /// A real broker instead of the embedded one.
-    pub bootstrap: Option<String>,
-    /// Where checkpoints go (default `file://./.oxbow/<job>`).
-    pub storage: Option<String>,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-}
+pub mod examples;
 
 /// Why local mode could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    /// Arguments are wrong.
-    #[error("{0}")]
-    Usage(String),
     /// The manifest is unreadable or invalid.
     #[error("{0}")]
     Manifest(String),
@@ -63,43 +47,6 @@ pub enum LocalError {
     /// The worker failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-}
-
-impl LocalOptions {
-    /// Parses `<manifest> [--bootstrap HOST:PORT] [--storage URL] [--duration 30s]`.
-    pub fn parse(args: &[String]) -> Result<Self, LocalError> {
-        let mut options = LocalOptions::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| LocalError::Usage(format!("{arg} needs a value")))
-            };
-            match arg.as_str() {
-                "--bootstrap" => options.bootstrap = Some(value()?),
-                "--storage" => options.storage = Some(value()?),
-                "--duration" => {
-                    let v = value()?;
-                    options.duration = Some(
-                        oxbow_crds::duration::parse_duration(&v)
-                            .map_err(|e| LocalError::Usage(format!("--duration: {e}")))?,
-                    );
-                }
-                flag if flag.starts_with("--") => {
-                    return Err(LocalError::Usage(format!("unknown option {flag:?}")));
-                }
-                path if options.manifest.as_os_str().is_empty() => {
-                    options.manifest = PathBuf::from(path)
-                }
-                extra => return Err(LocalError::Usage(format!("unexpected argument {extra:?}"))),
-            }
-        }
-        if options.manifest.as_os_str().is_empty() {
-            return Err(LocalError::Usage("name a StreamJob manifest, as in: oxbow-worker local manifests/examples/fraud-detector.yaml".into()));
-        }
-        Ok(options)
-    }
 }
 
 /// The namespace local jobs are named in (their consumer group, transactional and shuffle topic
@@ -144,8 +91,20 @@ fn create_topic_if_missing(
 /// Partitions of each source topic on the embedded broker.
 const LOCAL_PARTITIONS: i32 = 2;
 
+/// `oxbow-worker local`: exit code 1 with the reason on stderr when the job cannot run.
+pub fn main(args: &LocalArgs) -> ExitCode {
+    super::init_logging("warn");
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oxbow-worker local: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a StreamJob locally until Ctrl-C or `--duration`.
-pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
+pub fn run(options: &LocalArgs) -> Result<(), LocalError> {
     let text = std::fs::read_to_string(&options.manifest).map_err(|e| {
         LocalError::Manifest(format!(
             "failed to read {}: {e}",
@@ -260,7 +219,7 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
         let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
     }
 
-    let generator = match (&mock, crate::examples::generator_for(&spec.source.topics)) {
+    let generator = match (&mock, examples::generator_for(&spec.source.topics)) {
         (Some(_), Some(generator)) => {
             eprintln!("oxbow local: generating {} events", generator.describe());
             Some(spawn_generator(
@@ -295,7 +254,7 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
         bootstrap: Some(bootstrap),
         kafka_timeout: Duration::from_secs(30),
     };
-    let (shared, commands) = Shared::new(String::new(), 0);
+    let (shared, commands) = Shared::new(0);
     let progress = spawn_progress(Arc::clone(&shared), Arc::clone(&stop));
     if let Some(d) = options.duration {
         let stop = Arc::clone(&stop);
@@ -326,7 +285,7 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
 fn spawn_generator(
     bootstrap: &str,
     topic: &str,
-    mut generator: crate::examples::Generator,
+    mut generator: examples::Generator,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, LocalError> {
     let producer: BaseProducer = ClientConfig::new()

@@ -5,15 +5,8 @@
 //! same with no checkpoint until the end. Prints the throughputs, `ratio_vs_bare=` and
 //! `checkpoint_overhead=`.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use oxbow_crds::{
-    assignment::assign,
-    jobfile::{JobFile, Restore},
-};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -22,20 +15,18 @@ use rdkafka::{
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
 };
 
-use crate::{
-    bench::{Generator, encode_event, reference_job_yaml},
-    runtime::{Worker, WorkerConfig},
+use super::{
+    BenchError,
+    reference::{Generator, encode_event, reference_job_file},
 };
+use crate::runtime::{Worker, WorkerConfig};
 
-pub(crate) fn err(action: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> String + '_ {
-    move |e| format!("failed to {action}: {e}")
-}
-
-pub(crate) fn create_topics(bootstrap: &str, topics: &[&str]) -> Result<(), String> {
+/// Creates single-partition topics for a measurement.
+pub(crate) fn create_topics(bootstrap: &str, topics: &[&str]) -> Result<(), BenchError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .map_err(err("create an admin client"))?;
+        .map_err(BenchError::kafka("create an admin client"))?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
@@ -43,31 +34,33 @@ pub(crate) fn create_topics(bootstrap: &str, topics: &[&str]) -> Result<(), Stri
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(BenchError::io("start an I/O runtime"))?;
     rt.block_on(admin.create_topics(
         &new,
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
     ))
-    .map_err(err("create the benchmark topics"))?;
+    .map_err(BenchError::kafka("create the benchmark topics"))?;
     Ok(())
 }
 
+/// An idempotent producer that batches for 5 ms.
 pub(crate) fn producer(
     bootstrap: &str,
-) -> Result<ThreadedProducer<DefaultProducerContext>, String> {
+) -> Result<ThreadedProducer<DefaultProducerContext>, BenchError> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()
-        .map_err(err("create a producer"))
+        .map_err(BenchError::kafka("create a producer"))
 }
 
+/// Produces `value` to partition 0 of `topic`, waiting while the local queue is full.
 pub(crate) fn send(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     value: &[u8],
-) -> Result<(), String> {
+) -> Result<(), BenchError> {
     let mut record = BaseRecord::<(), [u8]>::to(topic)
         .payload(value)
         .partition(0);
@@ -83,24 +76,29 @@ pub(crate) fn send(
                 record = r;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err((e, _)) => return Err(format!("failed to produce: {e}")),
+            Err((e, _)) => return Err(BenchError::kafka("produce")(e)),
         }
     }
 }
 
 /// The bare loop: consume every input record and produce it unchanged, then flush.
-fn bare_loop(bootstrap: &str, input: &str, output: &str, events: u64) -> Result<Duration, String> {
+fn bare_loop(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    events: u64,
+) -> Result<Duration, BenchError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{input}-bare"))
         .set("enable.auto.commit", "false")
         .set("receive.message.max.bytes", "1000000000")
         .create()
-        .map_err(err("create a consumer"))?;
+        .map_err(BenchError::kafka("create a consumer"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(input, 0, Offset::Beginning)
-        .map_err(err("assign"))?;
-    consumer.assign(&tpl).map_err(err("assign"))?;
+        .map_err(BenchError::kafka("assign"))?;
+    consumer.assign(&tpl).map_err(BenchError::kafka("assign"))?;
     let p = producer(bootstrap)?;
     let started = Instant::now();
     let mut n = 0;
@@ -114,7 +112,8 @@ fn bare_loop(bootstrap: &str, input: &str, output: &str, events: u64) -> Result<
             None => {}
         }
     }
-    p.flush(Duration::from_secs(60)).map_err(err("flush"))?;
+    p.flush(Duration::from_secs(60))
+        .map_err(BenchError::kafka("flush"))?;
     Ok(started.elapsed())
 }
 
@@ -125,48 +124,36 @@ fn worker_run(
     events: u64,
     interval: &str,
     name: &str,
-) -> Result<Duration, String> {
+) -> Result<Duration, BenchError> {
     let dir = std::env::temp_dir().join(format!("oxbow-bench-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let yaml = reference_job_yaml(bootstrap, input, output, &dir, interval);
-    let spec = oxbow_crds::parse_manifest(&yaml)
-        .map_err(|e| e.to_string())?
-        .spec;
-    let job = JobFile::new(
-        "bench",
-        name,
-        1,
-        spec,
-        assign(&BTreeMap::from([(input.to_owned(), 1)]), 1, None),
-        Restore::LatestCheckpoint,
-    );
+    std::fs::create_dir_all(&dir).map_err(BenchError::io("create the checkpoint directory"))?;
+    let job = reference_job_file(name, bootstrap, input, output, &dir, interval)?;
     let config = WorkerConfig {
         job,
         ordinal: 0,
         bootstrap: Some(bootstrap.to_owned()),
         kafka_timeout: Duration::from_secs(60),
     };
-    let mut worker = Worker::start(config).map_err(|e| e.to_string())?;
-    let interval = oxbow_crds::duration::parse_duration(interval).map_err(|e| e.to_string())?;
+    let mut worker = Worker::start(config)?;
+    let interval = oxbow_crds::duration::parse_duration(interval)
+        .map_err(|e| BenchError::ReferenceJob(e.to_string()))?;
     let started = Instant::now();
     let mut last = Instant::now();
     while worker.records_in() < events {
-        worker
-            .poll_once(Duration::from_millis(100))
-            .map_err(|e| e.to_string())?;
+        worker.poll_once(Duration::from_millis(100))?;
         if last.elapsed() >= interval {
-            worker.checkpoint().map_err(|e| e.to_string())?;
+            worker.checkpoint()?;
             last = Instant::now();
         }
     }
-    worker.checkpoint().map_err(|e| e.to_string())?;
+    worker.checkpoint()?;
     let elapsed = started.elapsed();
     std::fs::remove_dir_all(&dir).ok();
     Ok(elapsed)
 }
 
 /// Runs the three measurements on `bootstrap` with `events` input records.
-pub fn run(bootstrap: &str, events: u64) -> Result<String, String> {
+pub fn run(bootstrap: &str, events: u64) -> Result<String, BenchError> {
     let run = std::process::id();
     let input = format!("oxbow-bench-in-{run}");
     let outs = [
@@ -184,7 +171,7 @@ pub fn run(bootstrap: &str, events: u64) -> Result<String, String> {
         send(&p, &input, &value)?;
     }
     p.flush(Duration::from_secs(120))
-        .map_err(err("flush the input"))?;
+        .map_err(BenchError::kafka("flush the input"))?;
 
     let bare = bare_loop(bootstrap, &input, &outs[0], events)?;
     let eos = worker_run(bootstrap, &input, &outs[1], events, "1s", "eos")?;

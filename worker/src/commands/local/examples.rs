@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, SecondsFormat};
 
-use crate::bench::SplitMix64;
+use crate::bench::reference::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
