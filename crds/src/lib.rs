@@ -6,6 +6,7 @@
 //! - [`assignment`]: the balanced, minimal-movement partition assignment.
 //! - [`jobfile`], [`admin`], [`checkpoint`], [`names`]: the formats and names that cross between
 //!   operator and worker.
+//! - [`kafka`]: the settings of every Kafka client of the operator and the worker.
 //!
 //! This crate has no Kubernetes client, no Kafka client and no runtime.
 
@@ -14,6 +15,7 @@ pub mod assignment;
 pub mod checkpoint;
 pub mod duration;
 pub mod jobfile;
+pub mod kafka;
 pub mod names;
 pub mod pipeline;
 pub mod streamjob;

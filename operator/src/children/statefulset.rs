@@ -24,6 +24,7 @@ use oxbow_crds::{
     StreamJob, StreamJobSpec,
     admin::{ADMIN_PORT, HEALTHZ_PATH, READYZ_PATH},
     jobfile::{ADMIN_TOKEN_KEY, ADMIN_TOKEN_PATH, JOB_FILE_KEY, JOB_FILE_PATH, JobFile},
+    kafka,
     streamjob::JobState,
 };
 
@@ -42,10 +43,6 @@ pub const JOB_FILE_HASH_ANNOTATION: &str = "oxbow.dev/job-file-sha256";
 pub const JOB_FILE_HASH_ENV: &str = "OXBOW_JOB_FILE_SHA256";
 /// Environment variable with the pod's name, from which the worker takes its ordinal.
 pub const POD_NAME_ENV: &str = "POD_NAME";
-/// Where the Kafka credential Secret (`spec.kafka.security.secretRef`) is mounted; the worker
-/// reads `username`, `password`, `ca.crt`, `tls.crt` and `tls.key` there.
-// Must equal the worker's KAFKA_SECRET_DIR; it belongs in crds::jobfile with the other paths.
-pub const KAFKA_SECRET_DIR: &str = "/etc/oxbow/kafka";
 /// User and group the worker runs as (the distroless `nonroot` user).
 pub const WORKER_UID: i64 = 65532;
 /// Time a stopping worker gets beyond `checkpoint.timeout`: on SIGTERM it takes a final
@@ -199,7 +196,8 @@ fn pod_spec(job: &str, spec: &StreamJobSpec, defaults: &WorkerDefaults, grace: i
             }),
             ..Volume::default()
         });
-        mounts.push(read_only_mount(KAFKA_VOLUME, KAFKA_SECRET_DIR));
+        // The whole Secret: the worker reads the keys of `oxbow_crds::kafka::secret_keys` there.
+        mounts.push(read_only_mount(KAFKA_VOLUME, kafka::SECRET_DIR));
     }
 
     PodSpec {

@@ -1,13 +1,16 @@
-//! Kafka security settings: `spec.kafka.security` and the Secret it names, mounted by the
-//! operator at [`KAFKA_SECRET_DIR`] (keys `username`, `password`, `ca.crt`, `tls.crt`,
-//! `tls.key`), turned into librdkafka properties.
+//! Kafka security settings: the Secret of `spec.kafka.security`, mounted by the operator at
+//! [`KAFKA_SECRET_DIR`], read into [`Credentials`] for [`oxbow_crds::kafka`], which turns them
+//! into librdkafka properties.
 
 use std::path::{Path, PathBuf};
 
-use oxbow_crds::streamjob::{KafkaSecurity, SaslMechanism, SecurityProtocol};
+use oxbow_crds::{
+    kafka::{self, Credentials, Tls, secret_keys},
+    streamjob::KafkaSecurity,
+};
 
 /// Where the worker container finds the Kafka Secret (`OXBOW_KAFKA_SECRET_DIR` overrides).
-pub const KAFKA_SECRET_DIR: &str = "/etc/oxbow/kafka";
+pub const KAFKA_SECRET_DIR: &str = kafka::SECRET_DIR;
 
 /// A Kafka credential the spec asks for is missing.
 #[derive(Debug, thiserror::Error)]
@@ -37,72 +40,56 @@ pub fn properties(
     security: &KafkaSecurity,
     dir: &Path,
 ) -> Result<Vec<(String, String)>, MissingCredential> {
-    let mut props = Vec::new();
-    let protocol = match security.protocol {
-        SecurityProtocol::Plaintext => "plaintext",
-        SecurityProtocol::Ssl => "ssl",
-        SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-        SecurityProtocol::SaslSsl => "sasl_ssl",
-    };
-    props.push(("security.protocol".to_owned(), protocol.to_owned()));
-    let secret = security
-        .secret_ref
-        .as_ref()
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    let missing = |key: &'static str, source| MissingCredential {
-        secret: secret.clone(),
-        key,
+    let credentials = credentials(security, dir)?;
+    kafka::security_properties(security, &credentials).map_err(|e| MissingCredential {
+        secret: e.secret.clone(),
+        key: e.key,
         dir: dir.display().to_string(),
-        source,
-    };
-    if let Some(mechanism) = security.mechanism {
-        let name = match mechanism {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, e),
+    })
+}
+
+/// The credentials mounted at `dir`: username and password when `security` names a SASL
+/// mechanism (an unreadable one is an error), and the TLS files that exist, by path.
+pub fn credentials(security: &KafkaSecurity, dir: &Path) -> Result<Credentials, MissingCredential> {
+    let mut credentials = Credentials::default();
+    if security.mechanism.is_some() {
+        let read = |key: &'static str| {
+            std::fs::read_to_string(dir.join(key)).map_err(|source| MissingCredential {
+                secret: security
+                    .secret_ref
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                key,
+                dir: dir.display().to_string(),
+                source,
+            })
         };
-        props.push(("sasl.mechanism".to_owned(), name.to_owned()));
-        for (key, property) in [("username", "sasl.username"), ("password", "sasl.password")] {
-            let value = std::fs::read_to_string(dir.join(key)).map_err(|e| missing(key, e))?;
-            props.push((
-                property.to_owned(),
-                value.trim_end_matches(['\n', '\r']).to_owned(),
-            ));
-        }
+        credentials.username = Some(read(secret_keys::USERNAME)?);
+        credentials.password = Some(read(secret_keys::PASSWORD)?);
     }
-    if matches!(
-        security.protocol,
-        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
-    ) && security.secret_ref.is_some()
-    {
-        for (key, property) in [
-            ("ca.crt", "ssl.ca.location"),
-            ("tls.crt", "ssl.certificate.location"),
-            ("tls.key", "ssl.key.location"),
-        ] {
-            let path = dir.join(key);
-            if path.exists() {
-                props.push((property.to_owned(), path.display().to_string()));
-            }
-        }
-    }
-    Ok(props)
+    let file = |key: &str| {
+        let path = dir.join(key);
+        path.exists()
+            .then(|| Tls::Location(path.display().to_string()))
+    };
+    credentials.ca = file(secret_keys::CA);
+    credentials.certificate = file(secret_keys::CERTIFICATE);
+    credentials.key = file(secret_keys::KEY);
+    Ok(credentials)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxbow_crds::streamjob::SecretReference;
 
-    fn security(protocol: SecurityProtocol, mechanism: Option<SaslMechanism>) -> KafkaSecurity {
-        KafkaSecurity {
-            protocol,
-            mechanism,
-            secret_ref: Some(SecretReference {
-                name: "kafka-creds".into(),
-            }),
-        }
+    /// `spec.kafka.security` as a manifest writes it.
+    fn security(protocol: &str, mechanism: &str) -> KafkaSecurity {
+        let spec = serde_json::json!({
+            "protocol": protocol, "mechanism": mechanism, "secretRef": {"name": "kafka-creds"}
+        });
+        serde_json::from_value(spec).unwrap()
     }
 
     fn dir_with(files: &[(&str, &str)]) -> PathBuf {
@@ -119,25 +106,15 @@ mod tests {
     }
 
     #[test]
-    fn sasl_ssl_with_scram_reads_the_secret() {
+    fn the_mounted_secret_is_read_and_tls_files_passed_by_path() {
         let dir = dir_with(&[
             ("username", "oxbow\n"),
             ("password", "s3cret"),
             ("ca.crt", "PEM"),
         ]);
-        let props = properties(
-            &security(SecurityProtocol::SaslSsl, Some(SaslMechanism::ScramSha512)),
-            &dir,
-        )
-        .unwrap();
+        let props = properties(&security("SASL_SSL", "SCRAM-SHA-512"), &dir).unwrap();
         let get = |k: &str| props.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("security.protocol"), Some("sasl_ssl"));
-        assert_eq!(get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(
-            get("sasl.username"),
-            Some("oxbow"),
-            "the trailing newline of a Secret file is trimmed"
-        );
+        assert_eq!(get("sasl.username"), Some("oxbow"));
         assert_eq!(get("sasl.password"), Some("s3cret"));
         assert_eq!(
             get("ssl.ca.location"),
@@ -146,7 +123,7 @@ mod tests {
         assert_eq!(
             get("ssl.key.location"),
             None,
-            "absent keys are not configured"
+            "absent files are not configured"
         );
         std::fs::remove_dir_all(dir).ok();
     }
@@ -154,11 +131,7 @@ mod tests {
     #[test]
     fn a_missing_credential_names_the_secret_and_key() {
         let dir = dir_with(&[("username", "oxbow")]);
-        let err = properties(
-            &security(SecurityProtocol::SaslPlaintext, Some(SaslMechanism::Plain)),
-            &dir,
-        )
-        .unwrap_err();
+        let err = properties(&security("SASL_PLAINTEXT", "PLAIN"), &dir).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("\"password\"") && message.contains("kafka-creds"),

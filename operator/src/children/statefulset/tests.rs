@@ -110,9 +110,13 @@ fn the_worker_finds_its_job_file_and_token_where_crds_says() {
 #[test]
 fn the_kafka_credentials_are_mounted_only_when_the_spec_names_a_secret() {
     let (_, pod) = template_of(&build());
-    for key in ["username", "password", "ca.crt"] {
+    for key in [
+        kafka::secret_keys::USERNAME,
+        kafka::secret_keys::PASSWORD,
+        kafka::secret_keys::CA,
+    ] {
         assert_eq!(
-            resolve(&pod, &format!("{KAFKA_SECRET_DIR}/{key}")),
+            resolve(&pod, &format!("{}/{key}", kafka::SECRET_DIR)),
             Some(("Secret", "kafka-creds".to_owned(), key.to_owned()))
         );
     }
@@ -125,7 +129,10 @@ fn the_kafka_credentials_are_mounted_only_when_the_spec_names_a_secret() {
         }),
     ] {
         let (_, pod) = template_of(&build_with(|f| f.spec.kafka.security = security));
-        assert_eq!(resolve(&pod, &format!("{KAFKA_SECRET_DIR}/username")), None);
+        assert_eq!(
+            resolve(&pod, &format!("{}/username", kafka::SECRET_DIR)),
+            None
+        );
         assert_eq!(pod.volumes.unwrap().len(), 3);
     }
 }
