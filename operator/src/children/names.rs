@@ -1,4 +1,5 @@
-//! Names of a StreamJob's children, all in one place.
+//! Names of a StreamJob's children, and the finalizer, ConfigMap key and pod annotation the
+//! controller reads and writes, all in one place.
 
 use oxbow_crds::admin::ADMIN_PORT;
 
@@ -81,6 +82,18 @@ pub fn worker_admin_url(namespace: &str, job: &str, ordinal: u32) -> String {
         service(job)
     )
 }
+
+/// The finalizer that holds a StreamJob's deletion until its final savepoint
+/// (`savepoint.onDelete`).
+pub const FINALIZER: &str = "oxbow.dev/final-savepoint";
+
+/// The key, in the job ConfigMap, of the last job file that ran healthy; the deployed one is
+/// under [`oxbow_crds::jobfile::JOB_FILE_KEY`].
+pub const STABLE_JOB_FILE_KEY: &str = "stable.json";
+
+/// A pod annotation overriding the admin port, for workers that do not listen on
+/// [`ADMIN_PORT`] (processes sharing one host in tests).
+pub const ADMIN_PORT_ANNOTATION: &str = "oxbow.dev/admin-port";
 
 #[cfg(test)]
 mod tests {

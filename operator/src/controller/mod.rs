@@ -1,14 +1,21 @@
-//! The controller: a kube-runtime `Controller` over StreamJobs that runs, per reconcile,
-//! observe (I/O only) -> plan (pure, [`crate::plan`]) -> record the operation -> act (one step)
-//! -> status (one patch).
+//! The controller: a kube-runtime `Controller` over StreamJobs (and the children they own)
+//! that runs, per reconcile:
 //!
-//! What runs today: deploying a job (every child applied server-side under one field manager,
-//! with owner references), repairing children, suspending (scale to zero), reporting an invalid
-//! spec without touching the running job, savepoint requests to the workers' admin API, fencing,
-//! and the status the planner computes. Lag, leader election and savepoint disposal are not
-//! wired yet.
+//! 1. observe (`observe.rs`, I/O only): the children, the worker pods, the workers' admin API
+//!    (status and the savepoint in progress) and Kafka (partition counts, offsets);
+//! 2. plan ([`crate::plan`], pure): the one next action and the status fields to record first;
+//! 3. record: the operation is written into the status before it is acted on, so that a
+//!    restarted operator resumes it;
+//! 4. act (`act/`): the action's calls, its Event and when to look again;
+//! 5. status ([`crate::plan::status`], pure): phase, conditions, lag and savepoints, written in
+//!    one patch guarded by the version the plan was made from.
+//!
+//! [`kafka`] configures every Kafka client the operator creates, with the settings and
+//! credentials the workers use. [`run`] starts one controller per watched namespace (or one
+//! for all) and marks the operator ready once their caches are synced.
 
 mod act;
+pub mod kafka;
 mod observe;
 
 use std::{sync::Arc, time::Duration};
@@ -44,7 +51,6 @@ pub enum Error {
     Kube {
         /// What the operator was doing.
         action: &'static str,
-        /// Why.
         #[source]
         source: kube::Error,
     },
@@ -57,20 +63,39 @@ pub enum Error {
     /// The StreamJob changed since it was read; the reconcile runs again on the new version.
     #[error("the StreamJob changed while it was reconciled")]
     Stale,
+    /// The worker to dispose of savepoints through has no address.
+    #[error("failed to dispose of a savepoint: worker {ordinal} has no address")]
+    DisposeNoAddress {
+        /// The worker's ordinal.
+        ordinal: u32,
+    },
     /// A worker could not delete a savepoint beyond the history limit.
-    #[error("failed to dispose of a savepoint: {message}")]
+    #[error("failed to dispose of savepoint {id} at {path}: {source}")]
     Dispose {
-        /// Why.
-        message: String,
-    },
-    /// Fencing a transactional id failed.
-    #[error("failed to fence transactional id {id}: {message}")]
-    Fence {
-        /// The id.
+        /// The savepoint's id.
         id: String,
-        /// Why.
-        message: String,
+        /// Where it is stored.
+        path: String,
+        #[source]
+        source: reqwest::Error,
     },
+    /// A Kafka client could not be configured (the Kafka Secret).
+    #[error("failed to configure the Kafka client: {0}")]
+    KafkaSettings(#[source] kafka::SettingsError),
+    /// Fencing a transactional id failed.
+    #[error("failed to fence transactional id {id}: {source}")]
+    Fence {
+        /// The transactional id.
+        id: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The fencing task ended without an answer (it panicked or was cancelled).
+    #[error("failed to fence the old transactional ids: {0}")]
+    FenceTask(#[source] tokio::task::JoinError),
+    /// No secure random source to generate the admin token from.
+    #[error("failed to generate the admin token: {0}")]
+    AdminToken(#[source] getrandom::Error),
 }
 
 impl Error {
@@ -80,8 +105,10 @@ impl Error {
             Error::Kube { .. } => "KubernetesApiFailed",
             Error::Build(_) => "BuildFailed",
             Error::Metadata(_) => "MissingMetadata",
-            Error::Fence { .. } => "FenceFailed",
-            Error::Dispose { .. } => "DisposeFailed",
+            Error::Fence { .. } | Error::FenceTask(_) => "FenceFailed",
+            Error::Dispose { .. } | Error::DisposeNoAddress { .. } => "DisposeFailed",
+            Error::KafkaSettings(_) => "KafkaSettingsFailed",
+            Error::AdminToken(_) => "AdminTokenFailed",
             Error::Stale => "Conflict",
         }
     }
@@ -93,9 +120,8 @@ pub(crate) fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Erro
 
 /// What every reconcile shares.
 pub struct Context {
-    /// The Kubernetes client.
     pub client: Client,
-    /// Defaults for workers.
+    /// What a worker gets when its StreamJob does not say (the image).
     pub defaults: WorkerDefaults,
     /// For the workers' admin API.
     pub http: reqwest::Client,
@@ -105,7 +131,7 @@ pub struct Context {
     pub pdb_supported: bool,
     /// Each job's last committed-offset sample, for its commit rate.
     commits: std::sync::Mutex<std::collections::HashMap<(String, String), CommitSample>>,
-    /// Operator metrics.
+    /// Shared with the metrics endpoint.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 

@@ -22,14 +22,11 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 
-use super::{Context, Error, kube_err};
+use super::{Context, Error, kafka, kube_err};
 use crate::{
     children::{configmap::job_file_sha256, meta::selector_string, names, statefulset},
     plan::{Observed, PartitionOffsets, StatefulSetState, WorkerPod},
 };
-
-/// The ConfigMap key of the last job file that ran healthy.
-pub const STABLE_JOB_FILE_KEY: &str = "stable.json";
 
 /// Reads everything the planner decides from.
 pub async fn observe(
@@ -52,7 +49,7 @@ pub async fn observe(
             .and_then(|text| JobFile::from_json(text).ok())
     };
     let deployed = read(JOB_FILE_KEY);
-    let stable = read(STABLE_JOB_FILE_KEY);
+    let stable = read(names::STABLE_JOB_FILE_KEY);
     let deployed_hash = deployed.as_ref().and_then(|f| job_file_sha256(f).ok());
     let runs_deployed = |annotations: Option<&BTreeMap<String, String>>| {
         deployed_hash.is_some()
@@ -144,7 +141,13 @@ pub async fn observe(
         inputs.push(shuffle);
     }
     let group = oxbow_crds::names::consumer_group(namespace, name);
-    let (partitions, offsets) = read_kafka(&spec, &group, inputs).await;
+    let (partitions, offsets) = match kafka::client_config(&client, namespace, &spec.kafka).await {
+        Ok(config) => read_kafka(config, &spec.source.topics, &group, inputs).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to read partitions and offsets from Kafka");
+            Default::default()
+        }
+    };
     let progress = offsets.map(|partitions| ctx.progress(namespace, name, partitions));
     Ok(Observed {
         namespace: namespace.to_owned(),
@@ -162,24 +165,21 @@ pub async fn observe(
         partitions,
         progress,
         deleting: job.metadata.deletion_timestamp.is_some(),
-        has_finalizer: job.finalizers().iter().any(|f| f == super::act::FINALIZER),
+        has_finalizer: job.finalizers().iter().any(|f| f == names::FINALIZER),
         now: Timestamp::now(),
     })
 }
 
-/// The admin port a pod declares (the harness of the tests runs workers on other ports).
+/// The admin port of a worker pod: [`names::ADMIN_PORT_ANNOTATION`] when set (the tests' harness
+/// runs workers on other ports), else [`ADMIN_PORT`].
 pub fn admin_port(pod: &Pod) -> u16 {
     pod.metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(ADMIN_PORT_ANNOTATION))
+        .and_then(|a| a.get(names::ADMIN_PORT_ANNOTATION))
         .and_then(|p| p.parse().ok())
         .unwrap_or(ADMIN_PORT)
 }
-
-/// A pod annotation overriding the admin port, for workers that do not listen on
-/// [`ADMIN_PORT`] (processes sharing one host in tests).
-pub const ADMIN_PORT_ANNOTATION: &str = "oxbow.dev/admin-port";
 
 /// The job's admin token, if its Secret exists.
 pub async fn admin_token(
@@ -211,27 +211,21 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Partition counts of the source topics that exist, and every input partition's offsets
-/// (watermarks and the job group's committed offset). Counts are empty and offsets `None`
-/// when the broker does not answer: the planner waits rather than guessing.
+/// (watermarks and the job group's committed offset), read with the job's client settings
+/// `config`. Counts are empty and offsets `None` when the broker does not answer (as when the
+/// Kafka Secret cannot be read): the planner waits rather than guessing.
 async fn read_kafka(
-    spec: &oxbow_crds::StreamJobSpec,
+    mut config: ClientConfig,
+    sources: &[String],
     group: &str,
     inputs: Vec<String>,
 ) -> (BTreeMap<String, i32>, Option<Vec<PartitionOffsets>>) {
-    let bootstrap = spec.kafka.bootstrap_servers.clone();
-    let properties = spec.kafka.properties.clone();
-    let sources = spec.source.topics.clone();
-    let group = group.to_owned();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let sources = sources.to_vec();
     let read = tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(5);
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false");
-        for (k, v) in &properties {
-            config.set(k, v);
-        }
         let consumer: BaseConsumer = config.create().ok()?;
         let mut counts = BTreeMap::new();
         let mut list = TopicPartitionList::new();
