@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 /// A Kafka partition.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
-    /// Topic name.
     pub topic: String,
-    /// Partition number.
     pub partition: i32,
 }
 

@@ -55,11 +55,8 @@ impl JobStorage {
 /// Key of a checkpoint snapshot, relative to the job root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotKey {
-    /// Topic.
     pub topic: String,
-    /// Partition.
     pub partition: i32,
-    /// Checkpoint id.
     pub checkpoint_id: u64,
     /// Identifies the writing process (ordinal and start), so that two incarnations of a
     /// worker never write the same key.
@@ -116,7 +113,6 @@ pub fn savepoint_manifest_key(savepoint_id: &str, ordinal: u32) -> String {
 pub struct SavepointManifest {
     /// [`MANIFEST_FORMAT_VERSION`].
     pub format_version: u32,
-    /// Savepoint id.
     pub savepoint_id: String,
     /// Writing worker.
     pub ordinal: u32,
@@ -132,9 +128,7 @@ pub struct SavepointManifest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionSnapshot {
-    /// Topic.
     pub topic: String,
-    /// Partition.
     pub partition: i32,
     /// Next offset to consume after restoring the snapshot.
     pub next_offset: i64,

@@ -17,7 +17,6 @@ pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Where the worker container finds the admin token.
 pub const ADMIN_TOKEN_PATH: &str = "/etc/oxbow/admin/token";
 
-/// The job file.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobFile {
@@ -29,7 +28,8 @@ pub struct JobFile {
     pub name: String,
     /// `metadata.generation` of the spec this file was written from.
     pub spec_generation: i64,
-    /// The spec.
+    /// The spec of this generation, which the workers run; while an upgrade or rollback is under
+    /// way it differs from the StreamJob's current spec.
     pub spec: StreamJobSpec,
     /// Partition assignment of this generation.
     pub assignment: Assignment,

@@ -70,7 +70,6 @@ impl fmt::Display for ValidationErrors {
 /// A spec that passed validation, in typed form.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedSpec {
-    /// The pipeline.
     pub pipeline: Pipeline,
     /// Event-time settings.
     pub event_time: EventTime,
@@ -78,7 +77,6 @@ pub struct ValidatedSpec {
     pub sink_key: Option<Expression>,
     /// Checkpoint settings, when checkpointing is configured.
     pub checkpoint: Option<CheckpointSettings>,
-    /// Upgrade timings.
     pub upgrade: UpgradeTimings,
     /// Period of automatic savepoints.
     pub savepoint_interval: Option<Duration>,
@@ -102,18 +100,18 @@ pub struct EventTime {
 pub struct CheckpointSettings {
     /// Object-storage URL.
     pub storage: String,
-    /// Interval.
+    /// `spec.checkpoint.interval`.
     pub interval: Duration,
     /// Completed checkpoints kept.
     pub retained: u32,
-    /// Timeout.
+    /// `spec.checkpoint.timeout`: how long one checkpoint may take.
     pub timeout: Duration,
 }
 
 /// Upgrade timings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpgradeTimings {
-    /// Savepoint deadline.
+    /// How long the savepoint before an upgrade may take.
     pub savepoint_timeout: Duration,
     /// Oldest checkpoint usable by the last-state fallback.
     pub max_checkpoint_age: Duration,

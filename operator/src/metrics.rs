@@ -29,45 +29,44 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// A static label value.
+/// The `result` label of [`Metrics::reconciles`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `ok` or `error`.
     pub result: &'static str,
 }
 
-/// A static reason.
+/// The `reason` label of [`Metrics::reconcile_failures`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Static reason.
+    /// [`crate::controller::Error::reason`].
     pub reason: &'static str,
 }
 
-/// Savepoint trigger.
+/// The `trigger` label of [`Metrics::savepoint_duration`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabel {
     /// `Upgrade`, `Rescale`, `Suspend`, `Manual`, `Periodic` or `Delete`.
     pub trigger: &'static str,
 }
 
-/// Operation type.
+/// The `operation` label of [`Metrics::operation_duration`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     /// `Upgrade`, `Rescale`, `Suspend`, `Resume` or `Rollback`.
     pub operation: &'static str,
 }
 
-/// Phase.
+/// The `phase` label of the `jobs` gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
-    /// The StreamJob phase.
+    /// `status.phase`.
     pub phase: &'static str,
 }
 
-/// One job.
+/// The labels of the `lag_records` gauge, one series per StreamJob.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabel {
-    /// Namespace.
     pub namespace: String,
     /// StreamJob name.
     pub job: String,
@@ -78,7 +77,7 @@ pub struct JobLabel {
 pub struct Metrics {
     /// Reconciles, by result.
     pub reconciles: Family<ResultLabel, Counter>,
-    /// Reconcile duration.
+    /// Reconcile durations, observe to status.
     pub reconcile_duration: Histogram,
     /// Failed reconciles, by static reason.
     pub reconcile_failures: Family<ReasonLabel, Counter>,
@@ -185,7 +184,6 @@ impl Metrics {
 /// What the endpoints read.
 #[derive(Clone, Debug, Default)]
 pub struct Shared {
-    /// The metrics.
     pub metrics: Arc<Metrics>,
     /// The controllers' caches, once they run (one per watched namespace).
     pub stores: Arc<std::sync::RwLock<Vec<Store<StreamJob>>>>,

@@ -123,7 +123,6 @@ pub enum Action {
     },
     /// Every worker has the request; poll again later.
     WaitForSavepoint {
-        /// Savepoint id.
         id: String,
         /// When to look again.
         requeue_after: Duration,
@@ -145,10 +144,7 @@ pub enum Action {
         job_file: Box<JobFile>,
     },
     /// Delete these worker pods so they restart from the current template.
-    DeletePods {
-        /// Ordinals.
-        ordinals: Vec<u32>,
-    },
+    DeletePods { ordinals: Vec<u32> },
     /// Keep `job_file` as the last stable one (the controller stores it next to the deployed
     /// job file); its spec hash is already in the record.
     MarkStable {

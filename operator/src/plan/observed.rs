@@ -69,9 +69,7 @@ pub struct KafkaProgress {
 /// Offsets of one input partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionOffsets {
-    /// Topic.
     pub topic: String,
-    /// Partition.
     pub partition: i32,
     /// First offset still in the log.
     pub low_watermark: i64,
