@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use oxbow_crds::{
     kafka::{self, Credentials, Tls, secret_keys},
-    streamjob::KafkaSecurity,
+    streamjob::{KafkaSecurity, KafkaSpec},
 };
 
 /// Where the worker container finds the Kafka Secret (`OXBOW_KAFKA_SECRET_DIR` overrides).
@@ -35,13 +35,19 @@ pub fn secret_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(KAFKA_SECRET_DIR), PathBuf::from)
 }
 
-/// librdkafka properties for `security`, reading credentials from `dir`.
-pub fn properties(
-    security: &KafkaSecurity,
+/// The properties every Kafka client of the worker starts from ([`kafka::client_properties`]):
+/// bootstrap servers (`bootstrap` overrides the spec's), security with the credentials mounted
+/// at `dir`, then the user's `properties`.
+pub fn client_properties(
+    spec: &KafkaSpec,
+    bootstrap: Option<&str>,
     dir: &Path,
 ) -> Result<Vec<(String, String)>, MissingCredential> {
-    let credentials = credentials(security, dir)?;
-    kafka::security_properties(security, &credentials).map_err(|e| MissingCredential {
+    let credentials = match &spec.security {
+        Some(security) => credentials(security, dir)?,
+        None => Credentials::default(),
+    };
+    kafka::client_properties(spec, &credentials, bootstrap).map_err(|e| MissingCredential {
         secret: e.secret.clone(),
         key: e.key,
         dir: dir.display().to_string(),
@@ -84,10 +90,13 @@ pub fn credentials(security: &KafkaSecurity, dir: &Path) -> Result<Credentials, 
 mod tests {
     use super::*;
 
-    /// `spec.kafka.security` as a manifest writes it.
-    fn security(protocol: &str, mechanism: &str) -> KafkaSecurity {
+    /// `spec.kafka` with `security` as a manifest writes it.
+    fn security(protocol: &str, mechanism: &str) -> KafkaSpec {
         let spec = serde_json::json!({
-            "protocol": protocol, "mechanism": mechanism, "secretRef": {"name": "kafka-creds"}
+            "bootstrapServers": "kafka:9092",
+            "security": {
+                "protocol": protocol, "mechanism": mechanism, "secretRef": {"name": "kafka-creds"}
+            }
         });
         serde_json::from_value(spec).unwrap()
     }
@@ -112,7 +121,7 @@ mod tests {
             ("password", "s3cret"),
             ("ca.crt", "PEM"),
         ]);
-        let props = properties(&security("SASL_SSL", "SCRAM-SHA-512"), &dir).unwrap();
+        let props = client_properties(&security("SASL_SSL", "SCRAM-SHA-512"), None, &dir).unwrap();
         let get = |k: &str| props.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
         assert_eq!(get("sasl.username"), Some("oxbow"));
         assert_eq!(get("sasl.password"), Some("s3cret"));
@@ -131,7 +140,7 @@ mod tests {
     #[test]
     fn a_missing_credential_names_the_secret_and_key() {
         let dir = dir_with(&[("username", "oxbow")]);
-        let err = properties(&security("SASL_PLAINTEXT", "PLAIN"), &dir).unwrap_err();
+        let err = client_properties(&security("SASL_PLAINTEXT", "PLAIN"), None, &dir).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("\"password\"") && message.contains("kafka-creds"),

@@ -54,18 +54,13 @@ impl Worker {
             .as_ref()
             .map(|_| oxbow_crds::names::shuffle_topic(&job.namespace, &job.name));
         let exactly_once = job.spec.sink.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
-        let bootstrap = config
-            .bootstrap
-            .clone()
-            .unwrap_or_else(|| job.spec.kafka.bootstrap_servers.clone());
         let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", &bootstrap);
-        if let Some(sec) = &job.spec.kafka.security {
-            for (k, v) in security::properties(sec, &security::secret_dir())? {
-                base.set(k, v);
-            }
-        }
-        for (k, v) in &job.spec.kafka.properties {
+        let properties = security::client_properties(
+            &job.spec.kafka,
+            config.bootstrap.as_deref(),
+            &security::secret_dir(),
+        )?;
+        for (k, v) in properties {
             base.set(k, v);
         }
 
