@@ -1,6 +1,12 @@
 //! Kafka-protocol brokers: client configuration and small helpers.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use rdkafka::{
@@ -12,7 +18,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::{Component, component};
+use crate::{Component, component, windows::Event};
 
 /// Bootstrap address of the full-protocol broker (noida-db, or the user's own Kafka).
 pub fn bootstrap() -> String {
@@ -76,17 +82,61 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyh
     }
 }
 
-/// Produces the event `{"k":k,"v":v,"ts":ts}` that the worker tests' window jobs read, to
-/// `partition` of `topic`.
-pub async fn send_event(
+/// A new topic of `partitions` named `<prefix>-<unique>`; its name.
+pub async fn new_topic(bootstrap: &str, prefix: &str, partitions: i32) -> anyhow::Result<String> {
+    let topic = crate::unique_name(prefix);
+    create_topic(bootstrap, &topic, partitions).await?;
+    Ok(topic)
+}
+
+/// A job's new source topic `<prefix>-in-<unique>` of `partitions` and its sink topic
+/// `<prefix>-out-<unique>` of one partition.
+pub async fn source_and_sink(
+    bootstrap: &str,
+    prefix: &str,
+    partitions: i32,
+) -> anyhow::Result<(String, String)> {
+    Ok((
+        new_topic(bootstrap, &format!("{prefix}-in"), partitions).await?,
+        new_topic(bootstrap, &format!("{prefix}-out"), 1).await?,
+    ))
+}
+
+/// A producer for `bootstrap`.
+pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    config(bootstrap)
+        .create()
+        .context("failed to create a producer")
+}
+
+/// Produces each `(partition, event)` to `topic` as the record `{"k":k,"v":v,"ts":ts}` the
+/// window jobs read, one after the other.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    events: impl IntoIterator<Item = (i32, Event)>,
+) -> anyhow::Result<()> {
+    for (partition, (k, v, ts)) in events {
+        send(
+            producer,
+            topic,
+            partition,
+            &format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Produces one record of `payload` to `partition` of `topic`, and waits for its delivery.
+pub async fn send(
     producer: &FutureProducer,
     topic: &str,
     partition: i32,
-    (k, v, ts): (i64, i64, i64),
+    payload: &str,
 ) -> anyhow::Result<()> {
-    let value = format!(r#"{{"k":{k},"v":{v},"ts":{ts}}}"#);
     let record = FutureRecord::<(), str>::to(topic)
-        .payload(&value)
+        .payload(payload)
         .partition(partition);
     producer
         .send(record, Duration::from_secs(10))
@@ -94,6 +144,48 @@ pub async fn send_event(
         .map_err(|(e, _)| e)
         .with_context(|| format!("failed to produce to {topic}"))?;
     Ok(())
+}
+
+/// Input flowing in the background: a batch of events every 50 ms until stopped.
+#[derive(Debug)]
+pub struct Flow {
+    done: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<Event>>>,
+}
+
+impl Flow {
+    /// Starts producing to `topic` in batches of `batch`: the `i`-th event is `event(i)`, a
+    /// partition and an event.
+    pub fn start(
+        bootstrap: &str,
+        topic: &str,
+        batch: i64,
+        event: impl Fn(i64) -> (i32, Event) + Send + 'static,
+    ) -> Flow {
+        let done = Arc::new(AtomicBool::new(false));
+        let (bootstrap, topic, stop) = (bootstrap.to_owned(), topic.to_owned(), done.clone());
+        let task = tokio::spawn(async move {
+            let producer = producer(&bootstrap)?;
+            let mut events = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent: Vec<(i32, Event)> = (i..i + batch).map(&event).collect();
+                produce(&producer, &topic, sent.iter().copied()).await?;
+                events.extend(sent.into_iter().map(|(_, e)| e));
+                i += batch;
+                // Input spread over time, as a live source sends it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(events)
+        });
+        Flow { done, task }
+    }
+
+    /// Stops after the batch in flight; every event produced, in order.
+    pub async fn stop(self) -> anyhow::Result<Vec<Event>> {
+        self.done.store(true, Ordering::Relaxed);
+        self.task.await.context("the producing task failed")?
+    }
 }
 
 /// Reads every record visible at `isolation` ("read_committed" or "read_uncommitted") from
@@ -180,7 +272,7 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     /// Starts noida-db from the environment's cache on a free port.
-    pub fn start() -> anyhow::Result<Self> {
+    pub async fn start() -> anyhow::Result<Self> {
         let data = std::env::temp_dir().join(crate::unique_name("oxbow-broker"));
         std::fs::create_dir_all(&data)?;
         let mut broker = PrivateBroker {
@@ -188,7 +280,7 @@ impl PrivateBroker {
             port: crate::worker::free_port(),
             data,
         };
-        broker.spawn()?;
+        broker.spawn().await?;
         Ok(broker)
     }
 
@@ -197,7 +289,7 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    async fn spawn(&mut self) -> anyhow::Result<()> {
         let cache = crate::cache_dir()?;
         let binary = cache.join("bin/noida-db");
         let child = std::process::Command::new(&binary)
@@ -210,14 +302,18 @@ impl PrivateBroker {
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!("noida-db did not listen on {}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        let port = self.port;
+        crate::Wait::new(
+            format!("noida-db to listen on {port}"),
+            Duration::from_secs(30),
+        )
+        .every(Duration::from_millis(100))
+        .until(async || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        })
+        .await
     }
 
     /// Stops the broker (SIGTERM, so that it saves its data) and waits for it to exit.
@@ -230,9 +326,9 @@ impl PrivateBroker {
     }
 
     /// Starts it again on the same port with the same data.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;
-        self.spawn()
+        self.spawn().await
     }
 }
 

@@ -64,9 +64,9 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
                 }
             }
             eventually(
-                Duration::from_secs(30),
                 "the StreamJob CRD to be established",
-                || async {
+                Duration::from_secs(30),
+                async || -> anyhow::Result<Option<()>> {
                     let crd = crds.get(&name).await?;
                     let established = crd
                         .status
@@ -81,9 +81,9 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
             // The CRD is established before the discovery cache and REST handler are ready.
             let jobs: Api<StreamJob> = Api::namespaced(client.clone(), "default");
             eventually(
-                Duration::from_secs(30),
                 "StreamJobs to be served",
-                || async { Ok(jobs.list(&Default::default()).await.ok().map(|_| ())) },
+                Duration::from_secs(30),
+                async || jobs.list(&Default::default()).await.ok().map(drop),
             )
             .await
         })
@@ -95,19 +95,34 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
 /// [`crate::record`]).
 pub async fn test_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
     let name = unique_name(prefix);
+    ensure_namespace(client, &name).await?;
+    // Every StreamJob state in it, when OXBOW_RECORD_STATUSES asks for recordings.
+    crate::record::namespace(client, &name, prefix).await;
+    Ok(name)
+}
+
+/// A client, the CRD installed, and a namespace unique to the test: what a test of
+/// StreamJobs starts from.
+pub async fn with_crd(prefix: &str) -> anyhow::Result<(Client, String)> {
+    let client = client().await?;
+    install_crd(&client).await?;
+    let namespace = test_namespace(&client, prefix).await?;
+    Ok((client, namespace))
+}
+
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
         metadata: kube::api::ObjectMeta {
-            name: Some(name.clone()),
+            name: Some(name.to_owned()),
             ..Default::default()
         },
         ..Default::default()
     };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .with_context(|| format!("failed to create namespace {name}"))?;
-    // Every StreamJob state in it, when OXBOW_RECORD_STATUSES asks for recordings.
-    crate::record::namespace(client, &name, prefix).await;
-    Ok(name)
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("failed to create namespace {name}")),
+    }
 }

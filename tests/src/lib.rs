@@ -10,7 +10,6 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
-    time::Duration,
 };
 
 use anyhow::{Context, bail};
@@ -19,11 +18,15 @@ pub mod kafka;
 pub mod kube_env;
 pub mod kubelet;
 pub mod lifecycle;
+pub mod manifest;
 pub mod operator;
 pub mod record;
 pub mod s3;
+pub mod wait;
 pub mod windows;
 pub mod worker;
+
+pub use wait::{Wait, eventually};
 
 /// A component of the test environment, as `tests/env/up.sh` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +107,6 @@ fn provide(component: Component) -> anyhow::Result<Vars> {
     start(component)
 }
 
-/// The repository root.
 /// Where `tests/env/install.sh` caches the components: `OXBOW_CACHE`, or `~/.cache/oxbow`.
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
     std::env::var_os("OXBOW_CACHE")
@@ -113,6 +115,7 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
         .context("neither OXBOW_CACHE nor HOME is set")
 }
 
+/// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -181,30 +184,21 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0x10000)
 }
 
-/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            match last_error {
-                Some(e) => {
-                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
-                }
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// Milliseconds since the Unix epoch: event times near now, which a broker's retention keeps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A new empty directory of this test's own under the system's temporary directory.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(prefix));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("failed to create {}: {e}", dir.display());
     }
+    dir
 }
 
 #[cfg(test)]

@@ -5,22 +5,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use oxbow_crds::{StreamJob, StreamJobStatus, streamjob::Phase};
+use oxbow_crds::{
+    StreamJob, StreamJobStatus,
+    streamjob::{ConditionType, Phase, find_condition},
+};
 use oxbow_operator::{children::WorkerDefaults, controller};
 use rdkafka::producer::FutureProducer;
 
 use crate::{
-    kafka, kube_env,
+    Wait, kafka, kube_env,
     kubelet::Kubelet,
-    unique_name,
-    windows::{self, Event},
-    worker::eventually,
+    now_ms, scratch_dir,
+    windows::{self, Event, Window},
 };
 
 /// A namespace with the operator, the stand-in kubelet, the topics and a job `sums` counting
@@ -43,7 +50,7 @@ pub struct Setup {
     pub storage: PathBuf,
     producer: FutureProducer,
     base: i64,
-    events: Vec<Event>,
+    events: Mutex<Vec<Event>>,
     operator: Option<tokio::task::JoinHandle<()>>,
     /// The stand-in kubelet.
     pub kubelet: Kubelet,
@@ -52,65 +59,52 @@ pub struct Setup {
 impl Setup {
     /// The job with `replicas` workers.
     pub async fn start(prefix: &str, replicas: i32) -> Setup {
-        Setup::start_with(prefix, replicas, "").await
+        Setup::start_with(prefix, replicas, &[]).await
     }
 
-    /// The job with `replicas` workers and `extra` appended to its spec (YAML lines indented
-    /// by two spaces).
-    pub async fn start_with(prefix: &str, replicas: i32, extra: &str) -> Setup {
-        let client = kube_env::client().await.unwrap();
-        kube_env::install_crd(&client).await.unwrap();
-        let ns = kube_env::test_namespace(&client, prefix).await.unwrap();
+    /// The job with `replicas` workers and `extra` fields in its spec (YAML flow-map entries,
+    /// such as `upgrade: {savepointTimeout: 10s}`).
+    pub async fn start_with(prefix: &str, replicas: i32, extra: &[&str]) -> Setup {
+        let (client, ns) = kube_env::with_crd(prefix).await.unwrap();
         let bootstrap = kafka::bootstrap();
-        let (input, output) = (unique_name("lc-in"), unique_name("lc-out"));
-        kafka::create_topic(&bootstrap, &input, 2).await.unwrap();
-        kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
-        let storage = std::env::temp_dir().join(unique_name("oxbow-lifecycle"));
-        std::fs::create_dir_all(&storage).unwrap();
+        let (input, output) = kafka::source_and_sink(&bootstrap, "lc", 2).await.unwrap();
+        let storage = scratch_dir("oxbow-lifecycle");
         let operator = Some(start_operator(&client, &ns));
         let kubelet = Kubelet::start(client.clone(), &ns, Vec::new());
-        let job = oxbow_crds::parse_manifest(&format!(
-            r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: sums}}
-spec:
-  replicas: {replicas}
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [{input}], eventTime: {{field: ts, grace: 0s}}, partitionedBy: "k"}}
-  pipeline:
-    - keyBy: "k"
-    - window: {{tumbling: 1s}}
-      aggregate: {{n: "count()", total: "sum(v)"}}
-  sink: {{topic: {output}}}
-  checkpoint: {{storage: "file://{}", interval: 500ms}}
-{extra}
-"#,
-            storage.display()
-        ))
-        .unwrap();
+        let storage_url = format!("file://{}", storage.display());
+        let mut manifest = windows::job(
+            "sums",
+            &bootstrap,
+            &input,
+            &output,
+            &storage_url,
+            &Window::default(),
+        )
+        .replicas(replicas)
+        .checkpoint("interval: 500ms");
+        for entry in extra {
+            manifest = manifest.spec(entry);
+        }
         let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &ns);
-        jobs.create(&PostParams::default(), &job).await.unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
+        jobs.create(&PostParams::default(), &manifest.stream_job().unwrap())
+            .await
+            .unwrap();
+        let now = now_ms();
         Setup {
             jobs,
             client,
             namespace: ns,
             storage,
-            producer: kafka::config(&bootstrap).create().unwrap(),
+            producer: kafka::producer(&bootstrap).unwrap(),
             bootstrap,
             input,
             output,
             base: now - now % 1000,
-            events: Vec::new(),
+            events: Mutex::default(),
             operator,
             kubelet,
         }
     }
-
     /// Kills the operator (aborts its task: no cleanup, like SIGKILL of its process).
     pub fn kill_operator(&mut self) {
         if let Some(op) = self.operator.take() {
@@ -134,18 +128,43 @@ spec:
             .unwrap_or_default()
     }
 
-    /// Waits until the status satisfies `done`, and returns it.
+    /// Waits until the status satisfies `done`, and returns it; on timeout, fails showing the
+    /// status.
     pub async fn status_when(
         &self,
         what: &str,
         timeout: Duration,
         done: impl Fn(&StreamJobStatus) -> bool,
     ) -> StreamJobStatus {
-        eventually(what, timeout, async || {
-            self.jobs.get("sums").await.ok()?.status.filter(&done)
+        self.wait(what, timeout)
+            .until(async || self.jobs.get("sums").await.ok()?.status.filter(&done))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// A wait that shows the job's status if it times out.
+    pub fn wait(&self, what: &str, timeout: Duration) -> Wait<impl AsyncFnMut() -> String + '_> {
+        Wait::new(what, timeout).diagnose(async || {
+            let status = self.jobs.get("sums").await.map(|j| j.status);
+            format!("the job's status: {status:#?}")
         })
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {:#?}", status_now(&self.jobs)))
+    }
+
+    /// Waits until condition `type_` is True; the status and the condition.
+    pub async fn condition_true(
+        &self,
+        type_: ConditionType,
+        timeout: Duration,
+    ) -> (StreamJobStatus, Condition) {
+        let status = self
+            .status_when(&format!("{} to be True", type_.as_str()), timeout, |s| {
+                is_true(s, type_)
+            })
+            .await;
+        let condition = find_condition(&status.conditions, type_)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {} in {status:#?}", type_.as_str()));
+        (status, condition)
     }
 
     /// Running with `replicas` ready workers and no operation under way.
@@ -164,40 +183,57 @@ spec:
             .unwrap();
     }
 
+    /// Stops every worker with a savepoint (`spec.state: suspended`) and waits until none
+    /// runs.
+    pub async fn suspend(&self) -> StreamJobStatus {
+        self.patch(serde_json::json!({"spec": {"state": "suspended"}}))
+            .await;
+        self.status_when("the job to be Suspended", Duration::from_secs(90), |s| {
+            s.phase == Some(Phase::Suspended) && s.replicas == 0
+        })
+        .await
+    }
+
     /// Events `from..to`: key i % 6 on partition key % 2, value i % 7, time base + 25 i.
-    pub async fn send(&mut self, from: i64, to: i64) {
-        for i in from..to {
-            let e = (i % 6, i % 7, self.base + 25 * i);
-            kafka::send_event(&self.producer, &self.input, (e.0 % 2) as i32, e)
-                .await
-                .unwrap();
-            self.events.push(e);
-        }
+    pub async fn send(&self, from: i64, to: i64) {
+        let events: Vec<Event> = (from..to)
+            .map(|i| (i % 6, i % 7, self.base + 25 * i))
+            .collect();
+        self.send_events(events).await;
+    }
+
+    async fn send_events(&self, events: Vec<Event>) {
+        let keyed = events.iter().map(|e| ((e.0 % 2) as i32, *e));
+        kafka::produce(&self.producer, &self.input, keyed)
+            .await
+            .unwrap();
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(events);
     }
 
     /// Closes every window after event `last` and checks the sink holds every window exactly
     /// once.
-    pub async fn assert_exactly_once(&mut self, last: i64) {
+    pub async fn assert_exactly_once(&self, last: i64) {
         let closing = self.base + 25 * last + 5_000;
-        for k in 0..6 {
-            let e = (k, 0, closing);
-            kafka::send_event(&self.producer, &self.input, (k % 2) as i32, e)
-                .await
-                .unwrap();
-            self.events.push(e);
-        }
-        let want = windows::expected(&self.events, closing);
+        self.send_events((0..6).map(|k| (k, 0, closing)).collect())
+            .await;
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let want = windows::expected(&events, closing);
         let (bootstrap, output) = (&self.bootstrap, &self.output);
-        let got = eventually(
-            "every window in the sink",
-            Duration::from_secs(60),
-            async || {
+        let got = self
+            .wait("every window in the sink", Duration::from_secs(60))
+            .until(async || {
                 let got = windows::results(bootstrap, output, Duration::from_millis(500)).ok()?;
                 (got.len() >= want.len()).then_some(got)
-            },
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         windows::assert_exactly(&got, &want);
     }
 
@@ -218,7 +254,9 @@ spec:
     }
 }
 
-fn start_operator(client: &Client, ns: &str) -> tokio::task::JoinHandle<()> {
+/// The operator's controller run in this process for namespace `ns`, as a task; aborting the
+/// task kills it.
+pub fn start_operator(client: &Client, ns: &str) -> tokio::task::JoinHandle<()> {
     let (client, ns) = (client.clone(), ns.to_owned());
     tokio::spawn(async move {
         let defaults = WorkerDefaults {
@@ -228,16 +266,7 @@ fn start_operator(client: &Client, ns: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn status_now(jobs: &Api<StreamJob>) -> Option<StreamJobStatus> {
-    let jobs = jobs.clone();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new()
-            .ok()?
-            .block_on(jobs.get("sums"))
-            .ok()?
-            .status
-    })
-    .join()
-    .ok()
-    .flatten()
+/// Whether condition `type_` is True.
+pub fn is_true(status: &StreamJobStatus, type_: ConditionType) -> bool {
+    find_condition(&status.conditions, type_).is_some_and(|c| c.status == "True")
 }

@@ -1,19 +1,20 @@
 //! `oxbow-operator run` processes for tests and benchmarks, against the test control plane:
-//! their metrics and health endpoints, the leader Lease, and a minimal StreamJob to reconcile.
+//! run as a test's replica or as the Helm chart's Deployment would run it, with their metrics
+//! and health endpoints, their log, and the leader Lease.
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus},
-    time::{Duration, Instant},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
-use oxbow_crds::StreamJob;
+use serde_json::Value;
 
 use crate::{
-    Component, component,
+    Component, Wait, component,
     worker::{free_port, signal},
 };
 
@@ -91,6 +92,47 @@ pub fn command(binary: &Path, replica: &Replica, metrics_addr: &str) -> anyhow::
     Ok(command)
 }
 
+/// `oxbow-operator run` as the chart's Deployment `deployment` runs it in pod `pod_name` of
+/// `namespace`: the container's arguments and environment (the downward API resolved), and
+/// nothing else of this process's environment but `PATH`, `HOME` and `TMPDIR`; authenticated
+/// by `kubeconfig`, and serving its endpoints on `metrics_addr` rather than the chart's port.
+pub fn deployment_command(
+    binary: &Path,
+    deployment: &Value,
+    namespace: &str,
+    pod_name: &str,
+    kubeconfig: &Path,
+    metrics_addr: &str,
+) -> anyhow::Result<Command> {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut command = Command::new(binary);
+    command.env_clear();
+    for (k, v) in std::env::vars() {
+        if k == "PATH" || k == "HOME" || k == "TMPDIR" {
+            command.env(k, v);
+        }
+    }
+    for arg in container["args"].as_array().into_iter().flatten() {
+        command.arg(arg.as_str().context("an argument that is not a string")?);
+    }
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().context("a variable without a name")?;
+        let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.namespace") => namespace,
+            Some("metadata.name") => pod_name,
+            Some(other) => bail!("{name}: no value for fieldRef {other}"),
+            None => var["value"]
+                .as_str()
+                .with_context(|| format!("{name} has no value"))?,
+        };
+        command.env(name, value);
+    }
+    command
+        .env("OXBOW_METRICS_ADDR", metrics_addr)
+        .env("KUBECONFIG", kubeconfig);
+    Ok(command)
+}
+
 /// A running operator process; killed (SIGKILL) when dropped, so a failing test leaves none
 /// behind.
 #[derive(Debug)]
@@ -100,31 +142,83 @@ pub struct OperatorProcess {
     pub name: String,
     /// The port of `/metrics`, `/healthz` and `/readyz`.
     pub port: u16,
+    /// Where its output goes, when not to the test's.
+    log: Option<PathBuf>,
     http: reqwest::Client,
 }
 
 impl OperatorProcess {
-    /// Starts `binary` as `replica`, serving its endpoints on a free loopback port.
+    /// Starts `binary` as `replica`, serving its endpoints on a free loopback port; its output
+    /// is the test's.
     pub fn start(binary: &Path, replica: &Replica) -> anyhow::Result<Self> {
+        let port = free_port();
+        let command = command(binary, replica, &format!("127.0.0.1:{port}"))?;
+        Self::spawn(command, &replica.pod_name, port, None)
+    }
+
+    /// Starts the operator binary as the chart's Deployment runs it (see
+    /// [`deployment_command`]), serving its endpoints on a free loopback port, with its output
+    /// in `log`.
+    pub fn start_as_deployed(
+        deployment: &Value,
+        namespace: &str,
+        pod_name: &str,
+        kubeconfig: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let port = free_port();
+        let command = deployment_command(
+            &binary(),
+            deployment,
+            namespace,
+            pod_name,
+            kubeconfig,
+            &format!("127.0.0.1:{port}"),
+        )?;
+        Self::spawn(command, pod_name, port, Some(log))
+    }
+
+    fn spawn(
+        mut command: Command,
+        name: &str,
+        port: u16,
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let binary = PathBuf::from(command.get_program());
         if !binary.exists() {
             bail!(
                 "{} is missing: build it with `cargo build -p oxbow-operator`",
                 binary.display()
             );
         }
-        let port = free_port();
-        let child = command(binary, replica, &format!("127.0.0.1:{port}"))?
+        if let Some(log) = log {
+            let file = std::fs::File::create(log)
+                .with_context(|| format!("failed to create {}", log.display()))?;
+            command.stdout(file.try_clone()?).stderr(Stdio::from(file));
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
         Ok(OperatorProcess {
             child: Some(child),
-            name: replica.pod_name.clone(),
+            name: name.to_owned(),
             port,
+            log: log.map(Path::to_path_buf),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
         })
+    }
+
+    /// Its log so far, with JSON and Debug escaping of quotes removed; empty when its output
+    /// is the test's.
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+            .replace('\\', "")
     }
 
     /// The status code of `GET path`, or `None` while nothing answers.
@@ -167,21 +261,20 @@ impl OperatorProcess {
     pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let pid = self.pid().context("the operator already stopped")?;
         signal(pid, "TERM")?;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten()
-            {
+        let exited = Wait::new("the operator to exit on SIGTERM", timeout)
+            .every(Duration::from_millis(50))
+            .until(async || self.child.as_mut()?.try_wait().ok().flatten())
+            .await;
+        match exited {
+            Ok(status) => {
                 self.child = None;
-                return Ok(status);
+                Ok(status)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(e) => {
+                self.kill();
+                Err(e)
+            }
         }
-        self.kill();
-        bail!("the operator did not exit within {timeout:?} of SIGTERM")
     }
 }
 
@@ -213,27 +306,6 @@ pub async fn lease_holder(
         .await
         .with_context(|| format!("failed to read Lease {namespace}/{name}"))?;
     Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
-}
-
-/// A small valid StreamJob `name` with two replicas, reading `topic` (which must exist for
-/// it to deploy) on `bootstrap`: a filter, no repartitioning.
-pub fn stream_job(name: &str, bootstrap: &str, topic: &str) -> anyhow::Result<StreamJob> {
-    oxbow_crds::parse_manifest(&format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [{topic}]}}
-  pipeline:
-    - filter: "amount > 0"
-  sink: {{topic: {topic}-out}}
-  checkpoint: {{storage: "s3://bucket/prefix"}}
-"#
-    ))
-    .with_context(|| format!("failed to build StreamJob {name}"))
 }
 
 #[cfg(test)]

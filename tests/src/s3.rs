@@ -21,6 +21,31 @@ pub fn bucket() -> anyhow::Result<AmazonS3> {
         .context("failed to configure the S3 client")
 }
 
+/// The environment a worker needs to use the test bucket's server: object_store reads its S3
+/// settings from the environment, as in a pod.
+pub fn worker_env() -> anyhow::Result<Vec<(String, String)>> {
+    let vars = component(Component::S3);
+    Ok(env(
+        vars.get("OXBOW_TEST_S3_ENDPOINT")?,
+        vars.optional("AWS_ACCESS_KEY_ID").unwrap_or("test"),
+        vars.optional("AWS_SECRET_ACCESS_KEY").unwrap_or("test"),
+        vars.optional("AWS_REGION").unwrap_or("us-east-1"),
+    ))
+}
+
+fn env(endpoint: &str, key: &str, secret: &str, region: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", key),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", region),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// A moto S3 server of one test's own, for fault injection (pausing it must not disturb other
 /// tests). Stopped when dropped.
 #[derive(Debug)]
@@ -49,7 +74,7 @@ impl PrivateS3 {
         };
         let http = reqwest::Client::new();
         let url = format!("{}/{bucket}", server.endpoint);
-        crate::worker::eventually(
+        crate::eventually(
             "moto to create the bucket",
             std::time::Duration::from_secs(30),
             async || {
@@ -73,16 +98,7 @@ impl PrivateS3 {
 
     /// The environment a worker needs to use this server.
     pub fn worker_env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_ALLOW_HTTP", "true"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        env(&self.endpoint, "test", "test", "us-east-1")
     }
 }
 

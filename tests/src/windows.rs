@@ -1,17 +1,73 @@
 //! The window job the worker tests run — `keyBy k`, 1 s tumbling windows of `count()` as `n`
-//! and `sum(v)` as `total` — and what its results must be.
+//! and `sum(v)` as `total` over events `{"k":k,"v":v,"ts":ts}` — and what its results must be.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
 
-use crate::kafka;
+use crate::{kafka, manifest::Manifest};
 
 /// (key, value, event time)
 pub type Event = (i64, i64, i64);
 
 /// (key, window start, count, total)
 pub type Row = (i64, i64, i64, i64);
+
+/// How a test's window job differs from the usual one ([`Window::default`]: 1 s windows, no
+/// grace, input partitioned by key, `n` and `total`).
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// The tumbling window's size, such as `1s`.
+    pub size: &'static str,
+    /// `spec.source.eventTime.grace` in seconds; `None` leaves the CRD's default.
+    pub grace_seconds: Option<i64>,
+    /// Whether the input is partitioned by `k`; if not, the pipeline repartitions through the
+    /// shuffle topic.
+    pub partitioned: bool,
+    /// Whether it sums `v` as `total` besides counting as `n`.
+    pub total: bool,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            size: "1s",
+            grace_seconds: Some(0),
+            partitioned: true,
+            total: true,
+        }
+    }
+}
+
+/// The window job `name`: reads `input` on `bootstrap`, writes the window results to `output`,
+/// checkpoints to `storage`; the checkpoint's other settings and further spec fields are the
+/// caller's to add.
+pub fn job(
+    name: &str,
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    storage: &str,
+    window: &Window,
+) -> Manifest {
+    let grace = window
+        .grace_seconds
+        .map_or(String::new(), |s| format!(", grace: {s}s"));
+    let mut manifest = Manifest::new(name, bootstrap, input, output, storage)
+        .source(&format!("eventTime: {{field: ts{grace}}}"));
+    if window.partitioned {
+        manifest = manifest.source("partitionedBy: \"k\"");
+    }
+    let total = if window.total {
+        ", total: \"sum(v)\""
+    } else {
+        ""
+    };
+    manifest.step("keyBy: \"k\"").step(&format!(
+        "window: {{tumbling: {}}}, aggregate: {{n: \"count()\"{total}}}",
+        window.size
+    ))
+}
 
 /// Every window that closed before `closing`, sorted.
 pub fn expected(events: &[Event], closing: i64) -> Vec<Row> {
@@ -62,4 +118,71 @@ pub fn assert_exactly(got: &[Row], want: &[Row]) {
         unexpected.iter().take(5).collect::<Vec<_>>()
     );
     assert_eq!(got, want, "every window exactly once");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usual_window_job() {
+        let spec = job(
+            "sums",
+            "kafka:9092",
+            "in",
+            "out",
+            "file:///c",
+            &Window::default(),
+        )
+        .job_spec()
+        .unwrap();
+        assert_eq!(spec.source.partitioned_by.as_deref(), Some("k"));
+        let event_time = spec.source.event_time.unwrap();
+        assert_eq!(event_time.field.as_deref(), Some("ts"));
+        assert_eq!(event_time.grace.to_string(), "0s");
+        assert_eq!(spec.pipeline[0].key_by.as_deref(), Some("k"));
+        let window = &spec.pipeline[1];
+        assert_eq!(
+            window
+                .window
+                .as_ref()
+                .and_then(|w| w.tumbling.as_ref())
+                .map(ToString::to_string),
+            Some("1s".to_owned())
+        );
+        let aggregate = window.aggregate.clone().unwrap();
+        assert_eq!(aggregate["n"], "count()");
+        assert_eq!(aggregate["total"], "sum(v)");
+    }
+
+    #[test]
+    fn a_varied_window_job() {
+        let window = Window {
+            size: "1h",
+            grace_seconds: None,
+            partitioned: false,
+            total: false,
+        };
+        let spec = job("counts", "kafka:9092", "in", "out", "file:///c", &window)
+            .job_spec()
+            .unwrap();
+        assert_eq!(spec.source.partitioned_by, None);
+        let aggregate = spec.pipeline[1].aggregate.clone().unwrap();
+        assert_eq!(aggregate.keys().collect::<Vec<_>>(), ["n"]);
+    }
+
+    #[test]
+    fn expected_windows_count_and_sum_what_closed() {
+        let events = [
+            (1, 2, 100),
+            (1, 3, 900),
+            (1, 4, 1000),
+            (2, 5, 1500),
+            (1, 6, 2500),
+        ];
+        assert_eq!(
+            expected(&events, 2000),
+            [(1, 0, 2, 5), (1, 1000, 1, 4), (2, 1000, 1, 5)]
+        );
+    }
 }

@@ -1,13 +1,19 @@
 //! `oxbow-worker run` processes for tests, with their admin API.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command},
-    time::{Duration, Instant},
+    sync::{Mutex, PoisonError},
 };
 
 use anyhow::{Context, bail};
-use oxbow_crds::admin::WorkerStatus;
+use oxbow_crds::{
+    StreamJobSpec,
+    admin::WorkerStatus,
+    assignment::assign,
+    jobfile::{JobFile, Restore},
+};
 
 /// The admin token test workers use.
 pub const TOKEN: &str = "test-token";
@@ -35,7 +41,7 @@ pub fn free_port() -> u16 {
 /// behind.
 #[derive(Debug)]
 pub struct WorkerProcess {
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     /// Its admin API port.
     pub port: u16,
     token: String,
@@ -78,7 +84,7 @@ impl WorkerProcess {
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
         Ok(WorkerProcess {
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             port,
             token: token.to_owned(),
             http: reqwest::Client::new(),
@@ -115,21 +121,28 @@ impl WorkerProcess {
             .ok()
     }
 
+    /// The process, while it has not been stopped.
+    fn child(&mut self) -> &mut Option<Child> {
+        self.child.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(std::process::Child::id)
+        let child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        child.as_ref().map(Child::id)
     }
 
     /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.child
+    pub fn is_running(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL, and wait for the process to go.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -137,7 +150,7 @@ impl WorkerProcess {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("the worker already stopped")?;
+        let mut child = self.child().take().context("the worker already stopped")?;
         signal(child.id(), "TERM")?;
         Ok(child.wait()?)
     }
@@ -160,20 +173,25 @@ pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `check` every 200 ms until it gives a value; fails after `timeout`.
-pub async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// The job file of job `test/<name>`, generation 1, with `spec`, `topics` (name and partition
+/// count) assigned to `workers`, restoring from the latest checkpoint.
+pub fn job_file(name: &str, spec: StreamJobSpec, topics: &[(&str, i32)], workers: u32) -> JobFile {
+    let topics: BTreeMap<String, i32> = topics
+        .iter()
+        .map(|(topic, partitions)| ((*topic).to_owned(), *partitions))
+        .collect();
+    JobFile::new(
+        "test",
+        name,
+        1,
+        spec,
+        assign(&topics, workers, None),
+        Restore::LatestCheckpoint,
+    )
+}
+
+/// Writes `job` as `oxbow-worker run --job` reads it, to `path`.
+pub fn write_job_file(job: &JobFile, path: &Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string(job).context("failed to serialise the job file")?;
+    std::fs::write(path, json).with_context(|| format!("failed to write {}", path.display()))
 }

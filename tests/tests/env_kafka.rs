@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use oxbow_tests::{kafka, unique_name};
+use oxbow_tests::{Wait, kafka, unique_name};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -35,11 +35,40 @@ fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, value:
         .unwrap();
 }
 
+/// Puts the committed offset `offset` (with `metadata`) of partition 0 of `topic` for the
+/// group of `consumer` into `producer`'s open transaction.
+fn send_offset(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    consumer: &BaseConsumer,
+    topic: &str,
+    offset: i64,
+    metadata: Option<&str>,
+) {
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    if let Some(metadata) = metadata {
+        offsets
+            .find_partition(topic, 0)
+            .unwrap()
+            .set_metadata(metadata);
+    }
+    let group = consumer.group_metadata().unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))
+        .unwrap();
+}
+
+/// The values in partition 0 of `topic` a reader at `isolation` sees.
+fn visible(bootstrap: &str, topic: &str, isolation: &str) -> Vec<String> {
+    kafka::read_all(bootstrap, topic, 1, isolation, Duration::from_secs(3)).unwrap()
+}
+
 #[tokio::test]
 async fn read_committed_hides_an_aborted_transaction() {
     let bootstrap = kafka::bootstrap();
-    let topic = unique_name("txn");
-    kafka::create_topic(&bootstrap, &topic, 1).await.unwrap();
+    let topic = kafka::new_topic(&bootstrap, "txn", 1).await.unwrap();
 
     let producer = transactional_producer(&bootstrap, &unique_name("txn-producer"));
     producer.begin_transaction().unwrap();
@@ -56,10 +85,9 @@ async fn read_committed_hides_an_aborted_transaction() {
     producer.flush(Duration::from_secs(30)).unwrap();
     producer.abort_transaction(Duration::from_secs(30)).unwrap();
 
-    let idle = Duration::from_secs(3);
-    let committed = kafka::read_all(&bootstrap, &topic, 1, "read_committed", idle).unwrap();
+    let committed = visible(&bootstrap, &topic, "read_committed");
     assert_eq!(committed, ["committed-0", "committed-1", "committed-2"]);
-    let uncommitted = kafka::read_all(&bootstrap, &topic, 1, "read_uncommitted", idle).unwrap();
+    let uncommitted = visible(&bootstrap, &topic, "read_uncommitted");
     assert_eq!(
         uncommitted
             .iter()
@@ -73,8 +101,7 @@ async fn read_committed_hides_an_aborted_transaction() {
 #[tokio::test]
 async fn offsets_commit_with_metadata_inside_a_transaction_and_zombies_are_fenced() {
     let bootstrap = kafka::bootstrap();
-    let topic = unique_name("eos");
-    kafka::create_topic(&bootstrap, &topic, 1).await.unwrap();
+    let topic = kafka::new_topic(&bootstrap, "eos", 1).await.unwrap();
     let group = unique_name("eos-group");
     let txn_id = unique_name("eos-worker");
 
@@ -88,18 +115,13 @@ async fn offsets_commit_with_metadata_inside_a_transaction_and_zombies_are_fence
     let zombie = transactional_producer(&bootstrap, &txn_id);
     zombie.begin_transaction().unwrap();
     send(&zombie, &topic, "output-1");
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset(&topic, 0, Offset::Offset(42))
-        .unwrap();
-    offsets
-        .find_partition(&topic, 0)
-        .unwrap()
-        .set_metadata("oxbow1:state/t/0/snap");
-    let metadata = consumer.group_metadata().unwrap();
-    zombie
-        .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
-        .unwrap();
+    send_offset(
+        &zombie,
+        &consumer,
+        &topic,
+        42,
+        Some("oxbow1:state/t/0/snap"),
+    );
     zombie.commit_transaction(Duration::from_secs(30)).unwrap();
 
     // A fresh consumer of the group reads the offset and its metadata back.
@@ -127,22 +149,14 @@ async fn offsets_commit_with_metadata_inside_a_transaction_and_zombies_are_fence
     successor
         .commit_transaction(Duration::from_secs(30))
         .unwrap();
-    let visible = kafka::read_all(
-        &bootstrap,
-        &topic,
-        1,
-        "read_committed",
-        Duration::from_secs(3),
-    )
-    .unwrap();
+    let visible = visible(&bootstrap, &topic, "read_committed");
     assert_eq!(visible, ["output-1", "output-2"]);
 }
 
 #[tokio::test]
 async fn a_fenced_zombies_open_transaction_is_aborted_and_earlier_commits_stay_visible() {
     let bootstrap = kafka::bootstrap();
-    let topic = unique_name("fence");
-    kafka::create_topic(&bootstrap, &topic, 1).await.unwrap();
+    let topic = kafka::new_topic(&bootstrap, "fence", 1).await.unwrap();
     let txn_id = unique_name("fence-worker");
 
     let zombie = transactional_producer(&bootstrap, &txn_id);
@@ -152,17 +166,7 @@ async fn a_fenced_zombies_open_transaction_is_aborted_and_earlier_commits_stay_v
         .unwrap();
     zombie.begin_transaction().unwrap();
     send(&zombie, &topic, "committed-by-zombie");
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset(&topic, 0, Offset::Offset(1))
-        .unwrap();
-    zombie
-        .send_offsets_to_transaction(
-            &offsets,
-            &consumer.group_metadata().unwrap(),
-            Duration::from_secs(30),
-        )
-        .unwrap();
+    send_offset(&zombie, &consumer, &topic, 1, None);
     zombie.commit_transaction(Duration::from_secs(30)).unwrap();
     zombie.begin_transaction().unwrap();
     send(&zombie, &topic, "open-when-fenced");
@@ -176,14 +180,7 @@ async fn a_fenced_zombies_open_transaction_is_aborted_and_earlier_commits_stay_v
         .unwrap();
     drop(zombie);
 
-    let visible = kafka::read_all(
-        &bootstrap,
-        &topic,
-        1,
-        "read_committed",
-        Duration::from_secs(3),
-    )
-    .unwrap();
+    let visible = visible(&bootstrap, &topic, "read_committed");
     assert_eq!(visible, ["committed-by-zombie", "committed-by-successor"]);
 }
 
@@ -194,28 +191,14 @@ async fn the_second_broker_produces_and_consumes() {
             "OXBOW_TEST_BOOTSTRAP_TANSU is not set; the suite runs the basic checks on a second broker"
         );
     };
-    let topic = unique_name("tansu");
-    kafka::create_topic(&bootstrap, &topic, 1).await.unwrap();
-    let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
+    let topic = kafka::new_topic(&bootstrap, "tansu", 1).await.unwrap();
+    let producer = kafka::producer(&bootstrap).unwrap();
     for i in 0..5 {
-        let value = format!("record-{i}");
-        let record = FutureRecord::<(), str>::to(&topic)
-            .payload(&value)
-            .partition(0);
-        producer
-            .send(record, Timeout::After(Duration::from_secs(10)))
+        kafka::send(&producer, &topic, 0, &format!("record-{i}"))
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
     }
-    let values = kafka::read_all(
-        &bootstrap,
-        &topic,
-        1,
-        "read_uncommitted",
-        Duration::from_secs(3),
-    )
-    .unwrap();
+    let values = visible(&bootstrap, &topic, "read_uncommitted");
     assert_eq!(
         values,
         (0..5).map(|i| format!("record-{i}")).collect::<Vec<_>>()
@@ -267,11 +250,14 @@ async fn the_mock_cluster_injects_a_broker_outage() {
         .unwrap();
     consumer.subscribe(&["faults"]).unwrap();
     let mut values = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while values.len() < 2 && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            values.push(String::from_utf8_lossy(m.payload().unwrap()).into_owned());
-        }
-    }
-    assert_eq!(values, ["before", "during"]);
+    let read = Wait::new("both records", Duration::from_secs(20))
+        .every(Duration::ZERO)
+        .until(async || {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                values.push(String::from_utf8_lossy(m.payload().unwrap()).into_owned());
+            }
+            (values.len() >= 2).then_some(())
+        })
+        .await;
+    assert_eq!(values, ["before", "during"], "{read:?}");
 }

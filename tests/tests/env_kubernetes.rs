@@ -55,9 +55,7 @@ fn minimal_spec() -> serde_json::Value {
 
 #[tokio::test]
 async fn streamjobs_are_served_with_schema_defaults_and_subresources() {
-    let client = kube_env::client().await.unwrap();
-    kube_env::install_crd(&client).await.unwrap();
-    let ns = kube_env::test_namespace(&client, "crd").await.unwrap();
+    let (client, ns) = kube_env::with_crd("crd").await.unwrap();
 
     // A minimal job comes back with the schema's defaults filled in by the API server.
     let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &streamjob_resource());
@@ -124,9 +122,7 @@ async fn streamjobs_are_served_with_schema_defaults_and_subresources() {
 
 #[tokio::test]
 async fn schema_invalid_streamjobs_are_rejected_with_the_api_servers_reason() {
-    let client = kube_env::client().await.unwrap();
-    kube_env::install_crd(&client).await.unwrap();
-    let ns = kube_env::test_namespace(&client, "invalid").await.unwrap();
+    let (client, ns) = kube_env::with_crd("invalid").await.unwrap();
     let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &streamjob_resource());
 
     let cases = [
@@ -239,9 +235,9 @@ async fn the_statefulset_controller_creates_pods_and_the_garbage_collector_remov
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let names = eventually(
-        Duration::from_secs(60),
         "the StatefulSet controller to create 2 pods",
-        || async {
+        Duration::from_secs(60),
+        async || -> anyhow::Result<Option<Vec<String>>> {
             let mut names: Vec<String> = pods
                 .list(&ListParams::default())
                 .await?
@@ -268,9 +264,9 @@ async fn the_statefulset_controller_creates_pods_and_the_garbage_collector_remov
         .await
         .unwrap();
     eventually(
-        Duration::from_secs(60),
         "the garbage collector to delete the pods",
-        || async {
+        Duration::from_secs(60),
+        async || -> anyhow::Result<Option<()>> {
             Ok(pods
                 .list(&ListParams::default())
                 .await?

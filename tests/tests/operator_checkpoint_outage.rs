@@ -9,20 +9,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use oxbow_crds::{
-    StreamJobStatus,
-    streamjob::{ConditionType, Phase, find_condition},
-};
-use oxbow_tests::lifecycle::Setup;
-
-fn is_true(s: &StreamJobStatus, type_: ConditionType) -> bool {
-    find_condition(&s.conditions, type_).is_some_and(|c| c.status == "True")
-}
+use oxbow_crds::streamjob::{ConditionType, Phase};
+use oxbow_tests::lifecycle::{Setup, is_true};
 
 /// A running job with a 2 s checkpoint timeout (stale after interval + timeout = 2.5 s), input
 /// sent, and its checkpoint directory replaced by a file; returns once CheckpointStale is True,
 /// with the directory's two paths (where it was, where it went).
-async fn checkpoints_failing(setup: &mut Setup) -> (PathBuf, PathBuf) {
+async fn checkpoints_failing(setup: &Setup) -> (PathBuf, PathBuf) {
     setup.running(1).await;
     setup
         .patch(serde_json::json!({"spec": {"checkpoint": {"timeout": "2s"}}}))
@@ -41,12 +34,9 @@ async fn checkpoints_failing(setup: &mut Setup) -> (PathBuf, PathBuf) {
     let away = setup.job_root().join("state-away");
     std::fs::rename(&state, &away).unwrap();
     std::fs::write(&state, b"in the way").unwrap();
-    let status = setup
-        .status_when("CheckpointStale", Duration::from_secs(90), |s| {
-            is_true(s, ConditionType::CheckpointStale)
-        })
+    let (status, stale) = setup
+        .condition_true(ConditionType::CheckpointStale, Duration::from_secs(90))
         .await;
-    let stale = find_condition(&status.conditions, ConditionType::CheckpointStale).unwrap();
     assert_eq!(stale.reason, "NoRecentCheckpoint", "{status:#?}");
     assert!(stale.message.contains("ago"), "{stale:?}");
     assert_eq!(status.phase, Some(Phase::Running), "{status:#?}");
@@ -55,15 +45,12 @@ async fn checkpoints_failing(setup: &mut Setup) -> (PathBuf, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_checkpoint_store_shows_as_checkpoint_stale() {
-    let mut setup = Setup::start("ckpt-outage", 1).await;
-    checkpoints_failing(&mut setup).await;
+    let setup = Setup::start("ckpt-outage", 1).await;
+    checkpoints_failing(&setup).await;
     // Records keep arriving and nothing commits: after a minute LagHigh says so too.
-    let status = setup
-        .status_when("LagHigh", Duration::from_secs(120), |s| {
-            is_true(s, ConditionType::LagHigh)
-        })
+    let (status, lag) = setup
+        .condition_true(ConditionType::LagHigh, Duration::from_secs(120))
         .await;
-    let lag = find_condition(&status.conditions, ConditionType::LagHigh).unwrap();
     assert_eq!(lag.reason, "NotConsuming", "{status:#?}");
     assert!(
         is_true(&status, ConditionType::CheckpointStale),
@@ -74,8 +61,8 @@ async fn a_failing_checkpoint_store_shows_as_checkpoint_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the worker stays Retrying after the store returns (failed to abort the transaction: Operation not valid in state Ready)"]
 async fn after_a_checkpoint_store_outage_the_job_recovers_exactly_once() {
-    let mut setup = Setup::start("ckpt-recover", 1).await;
-    let (state, away) = checkpoints_failing(&mut setup).await;
+    let setup = Setup::start("ckpt-recover", 1).await;
+    let (state, away) = checkpoints_failing(&setup).await;
     std::fs::remove_file(&state).unwrap();
     std::fs::rename(&away, &state).unwrap();
     setup

@@ -21,55 +21,44 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
 };
-use oxbow_crds::{StreamJob, jobfile::JobFile, streamjob::Phase};
-use oxbow_operator::{children::WorkerDefaults, controller};
-use oxbow_tests::{kafka, kube_env, unique_name, worker::eventually};
+use oxbow_crds::{
+    StreamJob, StreamJobStatus,
+    jobfile::JobFile,
+    streamjob::{ConditionType, Phase, find_condition},
+};
+use oxbow_tests::{eventually, kafka, kube_env, lifecycle, manifest};
 
+/// A job whose pipeline filters, repartitions by account and sums per minute.
 fn manifest(name: &str, bootstrap: &str, topic: &str, filter: &str) -> StreamJob {
-    oxbow_crds::parse_manifest(&format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [{topic}], eventTime: {{field: ts}}}}
-  pipeline:
-    - filter: "{filter}"
-    - keyBy: "account"
-    - window: {{tumbling: 1m}}
-      aggregate: {{total: "sum(amount)"}}
-  sink: {{topic: {topic}-out}}
-  checkpoint: {{storage: "s3://bucket/prefix"}}
-"#
-    ))
+    manifest::filter_job(name, bootstrap, topic, filter)
+        .source("eventTime: {field: ts}")
+        .step("keyBy: \"account\"")
+        .step("window: {tumbling: 1m}, aggregate: {total: \"sum(amount)\"}")
+        .stream_job()
+        .unwrap()
+}
+
+/// The status of job `name` once it satisfies `done`.
+async fn status_when(
+    jobs: &Api<StreamJob>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&StreamJobStatus) -> bool,
+) -> StreamJobStatus {
+    eventually(what, Duration::from_secs(60), async || {
+        jobs.get(name).await.ok()?.status.filter(&done)
+    })
+    .await
     .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamjob_becomes_its_children_and_an_invalid_one_is_reported() {
-    let client = kube_env::client().await.unwrap();
-    kube_env::install_crd(&client).await.unwrap();
-    let ns = kube_env::test_namespace(&client, "operator").await.unwrap();
+    let (client, ns) = kube_env::with_crd("operator").await.unwrap();
     let bootstrap = kafka::bootstrap();
-    let topic = unique_name("payments");
-    kafka::create_topic(&bootstrap, &topic, 4).await.unwrap();
+    let topic = kafka::new_topic(&bootstrap, "payments", 4).await.unwrap();
 
-    let operator = tokio::spawn({
-        let (client, ns) = (client.clone(), ns.clone());
-        async move {
-            controller::run(
-                client,
-                &[ns],
-                WorkerDefaults {
-                    image: "oxbow-worker:test".into(),
-                },
-                Default::default(),
-            )
-            .await;
-        }
-    });
+    let operator = lifecycle::start_operator(&client, &ns);
 
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &ns);
     let job = jobs
@@ -169,21 +158,14 @@ async fn a_streamjob_becomes_its_children_and_an_invalid_one_is_reported() {
     .unwrap();
 
     // The status says where the job is.
-    let status = eventually("the status", timeout, async || {
-        jobs.get("fraud")
-            .await
-            .ok()?
-            .status
-            .filter(|s| s.observed_generation == Some(1) && s.assignment.is_some())
+    let status = status_when(&jobs, "fraud", "the status", |s| {
+        s.observed_generation == Some(1) && s.assignment.is_some()
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status.phase, Some(Phase::Deploying), "{status:?}");
     assert!(
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "False"),
+        find_condition(&status.conditions, ConditionType::Ready)
+            .is_some_and(|c| c.status == "False"),
         "{status:?}"
     );
 
@@ -194,15 +176,10 @@ async fn a_streamjob_becomes_its_children_and_an_invalid_one_is_reported() {
     )
     .await
     .unwrap();
-    let status = eventually("the invalid job's status", timeout, async || {
-        jobs.get("broken")
-            .await
-            .ok()?
-            .status
-            .filter(|s| s.phase.is_some())
+    let status = status_when(&jobs, "broken", "the invalid job's status", |s| {
+        s.phase.is_some()
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let event = eventually("an InvalidSpec event", timeout, async || {

@@ -11,24 +11,18 @@
 use std::time::{Duration, Instant};
 
 use kube::api::{Patch, PatchParams};
-use oxbow_crds::streamjob::{Phase, SavepointTrigger};
-use oxbow_tests::lifecycle::Setup;
+use oxbow_crds::streamjob::{ConditionType, Phase, SavepointTrigger};
+use oxbow_tests::lifecycle::{Setup, is_true};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployed_job_runs_its_workers_and_delivers_every_result_once() {
     let deployed_at = Instant::now();
-    let mut setup = Setup::start("lifecycle", 2).await;
+    let setup = Setup::start("lifecycle", 2).await;
 
     // Both workers restore and process: the job is Running and Ready.
     let status = setup.running(2).await;
     let ready_after = deployed_at.elapsed();
-    assert!(
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True"),
-        "{status:?}"
-    );
+    assert!(is_true(&status, ConditionType::Ready), "{status:?}");
     assert!(status.last_stable_spec_hash.is_some(), "{status:?}");
     setup.send(0, 400).await;
 
@@ -71,7 +65,7 @@ async fn a_deployed_job_runs_its_workers_and_delivers_every_result_once() {
 /// with a savepoint and scales to zero; resuming restores from it; nothing is lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_savepoint_nonce_then_suspend_and_resume_keep_every_result_exactly_once() {
-    let mut setup = Setup::start("suspend", 1).await;
+    let setup = Setup::start("suspend", 1).await;
     setup.running(1).await;
     setup.send(0, 200).await;
 
@@ -93,14 +87,7 @@ async fn a_savepoint_nonce_then_suspend_and_resume_keep_every_result_exactly_onc
 
     // Suspend: a savepoint, then no worker runs.
     setup.send(200, 300).await;
-    setup
-        .patch(serde_json::json!({"spec": {"state": "suspended"}}))
-        .await;
-    setup
-        .status_when("the job to be Suspended", Duration::from_secs(90), |s| {
-            s.phase == Some(Phase::Suspended) && s.replicas == 0
-        })
-        .await;
+    setup.suspend().await;
     // Input while suspended waits in Kafka.
     setup.send(300, 400).await;
 

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use oxbow_crds::{
     StreamJobStatus,
-    streamjob::{ConditionType, OperationStep, Phase, SavepointTrigger, find_condition},
+    streamjob::{ConditionType, OperationStep, Phase, SavepointTrigger},
 };
-use oxbow_tests::{lifecycle::Setup, worker::eventually};
+use oxbow_tests::lifecycle::{Setup, is_true};
 
 /// The job's pipeline with a leading filter that every test event passes: a restart-required
 /// change whose results equal the original pipeline's.
@@ -30,41 +30,43 @@ fn upgraded_pipeline() -> serde_json::Value {
     ]}})
 }
 
-fn condition(s: &StreamJobStatus, type_: ConditionType) -> Option<(String, String)> {
-    find_condition(&s.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-fn is_true(s: &StreamJobStatus, type_: ConditionType) -> bool {
-    condition(s, type_).is_some_and(|(status, _)| status == "True")
+/// Running with `replicas` ready workers, no operation under way, and an upgrade's savepoint
+/// the last one: an upgrade is done.
+fn upgraded(s: &StreamJobStatus, replicas: i32) -> bool {
+    s.phase == Some(Phase::Running)
+        && s.operation.is_none()
+        && s.ready_replicas == replicas
+        && s.savepoint
+            .as_ref()
+            .and_then(|s| s.last.as_ref())
+            .is_some_and(|l| l.trigger == SavepointTrigger::Upgrade)
 }
 
 /// Sends events in batches of 20 until the status satisfies `done`; returns the status, the
 /// time it took and the next event index.
 async fn send_until(
-    setup: &mut Setup,
+    setup: &Setup,
     mut next: i64,
     what: &str,
     done: impl Fn(&StreamJobStatus) -> bool,
 ) -> (StreamJobStatus, Duration, i64) {
     let started = Instant::now();
-    loop {
-        setup.send(next, next + 20).await;
-        next += 20;
-        let status = setup.status().await;
-        if done(&status) {
-            return (status, started.elapsed(), next);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}: {status:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = setup
+        .wait(what, Duration::from_secs(120))
+        .every(Duration::from_millis(100))
+        .until(async || {
+            setup.send(next, next + 20).await;
+            next += 20;
+            Some(setup.status().await).filter(&done)
+        })
+        .await
+        .unwrap();
+    (status, started.elapsed(), next)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rescale_three_to_one_and_a_pipeline_upgrade_while_input_flows() {
-    let mut setup = Setup::start("ops-rescale", 3).await;
+    let setup = Setup::start("ops-rescale", 3).await;
     setup.running(3).await;
     setup.send(0, 200).await;
 
@@ -75,7 +77,7 @@ async fn a_rescale_three_to_one_and_a_pipeline_upgrade_while_input_flows() {
         .patch_scale("sums", &PatchParams::default(), &Patch::Merge(&scale))
         .await
         .unwrap();
-    let (status, rescale, next) = send_until(&mut setup, 200, "the rescale to 1", |s| {
+    let (status, rescale, next) = send_until(&setup, 200, "the rescale to 1", |s| {
         s.phase == Some(Phase::Running)
             && s.operation.is_none()
             && s.ready_replicas == 1
@@ -94,16 +96,7 @@ async fn a_rescale_three_to_one_and_a_pipeline_upgrade_while_input_flows() {
 
     // A pipeline upgrade, again under input.
     setup.patch(upgraded_pipeline()).await;
-    let (status, upgrade, next) = send_until(&mut setup, next, "the upgrade", |s| {
-        s.phase == Some(Phase::Running)
-            && s.operation.is_none()
-            && s.ready_replicas == 1
-            && s.savepoint
-                .as_ref()
-                .and_then(|s| s.last.as_ref())
-                .is_some_and(|l| l.trigger == SavepointTrigger::Upgrade)
-    })
-    .await;
+    let (status, upgrade, next) = send_until(&setup, next, "the upgrade", |s| upgraded(s, 1)).await;
     assert!(is_true(&status, ConditionType::Ready), "{status:#?}");
     assert!(!is_true(&status, ConditionType::Reconciling), "{status:#?}");
     assert_eq!(
@@ -121,7 +114,7 @@ async fn a_rescale_three_to_one_and_a_pipeline_upgrade_while_input_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_savepoint_blocks_the_upgrade_and_last_state_goes_on_from_a_checkpoint() {
-    let mut setup = Setup::start_with("ops-block", 1, "  upgrade: {savepointTimeout: 10s}").await;
+    let setup = Setup::start_with("ops-block", 1, &["upgrade: {savepointTimeout: 10s}"]).await;
     setup.running(1).await;
     setup.send(0, 200).await;
     // Savepoints cannot be written: a file stands where their directory would go.
@@ -129,12 +122,9 @@ async fn a_failed_savepoint_blocks_the_upgrade_and_last_state_goes_on_from_a_che
     std::fs::write(setup.job_root().join("savepoints"), b"in the way").unwrap();
 
     setup.patch(upgraded_pipeline()).await;
-    let status = setup
-        .status_when("UpgradeBlocked", Duration::from_secs(60), |s| {
-            is_true(s, ConditionType::UpgradeBlocked)
-        })
+    let (status, blocked) = setup
+        .condition_true(ConditionType::UpgradeBlocked, Duration::from_secs(60))
         .await;
-    let blocked = find_condition(&status.conditions, ConditionType::UpgradeBlocked).unwrap();
     assert_eq!(blocked.reason, "SavepointFailed", "{status:#?}");
     assert!(blocked.message.contains("savepoint"), "{blocked:?}");
     assert!(is_true(&status, ConditionType::Stalled), "{status:#?}");
@@ -197,29 +187,22 @@ async fn a_killed_worker_and_an_operator_killed_mid_upgrade_lose_and_double_noth
         &[OperationStep::Savepointing][..],
         &[OperationStep::RollingOut, OperationStep::Verifying][..],
     ] {
-        let status = eventually("the step", Duration::from_secs(60), async || {
-            let s = setup.status().await;
-            s.operation
-                .as_ref()
-                .is_some_and(|op| steps.contains(&op.step))
-                .then_some(s)
-        })
-        .await
-        .unwrap();
+        let status = setup
+            .status_when("the step", Duration::from_secs(60), |s| {
+                s.operation
+                    .as_ref()
+                    .is_some_and(|op| steps.contains(&op.step))
+            })
+            .await;
         setup.kill_operator();
         killed_at.push(status.operation.unwrap().step);
+        // The operator stays down a while, as a crashed pod does before its restart.
         tokio::time::sleep(Duration::from_secs(2)).await;
         setup.restart_operator();
     }
     let status = setup
         .status_when("the upgrade to finish", Duration::from_secs(90), |s| {
-            s.phase == Some(Phase::Running)
-                && s.operation.is_none()
-                && s.ready_replicas == 2
-                && s.savepoint
-                    .as_ref()
-                    .and_then(|s| s.last.as_ref())
-                    .is_some_and(|l| l.trigger == SavepointTrigger::Upgrade)
+            upgraded(s, 2)
         })
         .await;
     let last = status.savepoint.and_then(|s| s.last).unwrap();
@@ -235,7 +218,7 @@ async fn savepoints_are_disposed_lag_is_read_while_suspended_and_deletion_takes_
     let mut setup = Setup::start_with(
         "ops-delete",
         1,
-        "  savepoint: {onDelete: true, historyLimit: 2}",
+        &["savepoint: {onDelete: true, historyLimit: 2}"],
     )
     .await;
     setup.running(1).await;
@@ -306,14 +289,7 @@ async fn savepoints_are_disposed_lag_is_read_while_suspended_and_deletion_takes_
     );
 
     // Suspended, no worker runs; lag still comes from Kafka.
-    setup
-        .patch(serde_json::json!({"spec": {"state": "suspended"}}))
-        .await;
-    setup
-        .status_when("Suspended", Duration::from_secs(60), |s| {
-            s.phase == Some(Phase::Suspended) && s.replicas == 0
-        })
-        .await;
+    setup.suspend().await;
     setup.send(100, 150).await;
     let status = setup
         .status_when("the lag of 50 records", Duration::from_secs(30), |s| {
@@ -341,17 +317,19 @@ async fn savepoints_are_disposed_lag_is_read_while_suspended_and_deletion_takes_
         .delete("sums", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the job to be gone", Duration::from_secs(60), async || {
-        setup
-            .jobs
-            .get_opt("sums")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    setup
+        .wait("the job to be gone", Duration::from_secs(60))
+        .until(async || {
+            setup
+                .jobs
+                .get_opt("sums")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        })
+        .await
+        .unwrap();
     let finals: Vec<String> = on_disk()
         .into_iter()
         .filter(|id| id.starts_with("delete-"))

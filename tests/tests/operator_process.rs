@@ -15,10 +15,9 @@ use kube::{Api, Client, api::PostParams};
 use oxbow_crds::{StreamJob, streamjob::Phase};
 use oxbow_operator::children::names;
 use oxbow_tests::{
-    kafka, kube_env,
+    eventually, kafka, kube_env, manifest,
     operator::{self, OperatorProcess, Replica},
     unique_name,
-    worker::eventually,
 };
 
 /// The operator's Lease duration: a standby may take over this long after the leader's last
@@ -36,12 +35,9 @@ struct Setup {
 
 impl Setup {
     async fn start(prefix: &str) -> Setup {
-        let client = kube_env::client().await.unwrap();
-        kube_env::install_crd(&client).await.unwrap();
-        let namespace = kube_env::test_namespace(&client, prefix).await.unwrap();
+        let (client, namespace) = kube_env::with_crd(prefix).await.unwrap();
         let bootstrap = kafka::bootstrap();
-        let topic = unique_name("op-src");
-        kafka::create_topic(&bootstrap, &topic, 2).await.unwrap();
+        let topic = kafka::new_topic(&bootstrap, "op-src", 2).await.unwrap();
         Setup {
             client,
             namespace,
@@ -102,7 +98,9 @@ impl Setup {
     /// ConfigMap and set its phase; returns the phase.
     async fn reconciled(&self, name: &str, timeout: Duration) -> Phase {
         let jobs: Api<StreamJob> = Api::namespaced(self.client.clone(), &self.namespace);
-        let job = operator::stream_job(name, &self.bootstrap, &self.topic).unwrap();
+        let job = manifest::filter_job(name, &self.bootstrap, &self.topic, "amount > 0")
+            .stream_job()
+            .unwrap();
         jobs.create(&PostParams::default(), &job).await.unwrap();
         let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
         let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);

@@ -3,86 +3,59 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use oxbow_crds::{
-    admin::{SavepointResult, SavepointState, WorkerStatus},
-    assignment::assign,
-    jobfile::{JobFile, Restore},
-};
+use oxbow_crds::admin::{SavepointResult, SavepointState, WorkerStatus};
 use oxbow_tests::{
-    kafka, unique_name,
+    eventually, kafka, now_ms, scratch_dir, unique_name,
+    windows::{self, Event, Window},
     worker::{self, WorkerProcess},
 };
-use rdkafka::producer::FutureProducer;
 
-async fn produce(bootstrap: &str, topic: &str, from: i64, n: i64) {
-    let producer: FutureProducer = kafka::config(bootstrap).create().unwrap();
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    for i in from..from + n {
-        kafka::send_event(&producer, topic, 0, (i % 3, i, base + i))
-            .await
-            .unwrap();
-    }
-}
-
-async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
-    worker::eventually(what, Duration::from_secs(60), check)
-        .await
-        .unwrap()
+/// Events `from..from + n` for partition 0: key i % 3, value i, time now + i.
+fn events(from: i64, n: i64) -> impl Iterator<Item = (i32, Event)> {
+    let base = now_ms();
+    (from..from + n).map(move |i| (0, (i % 3, i, base + i)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_reports_and_stops_the_worker_with_a_savepoint() {
     let bootstrap = kafka::bootstrap();
-    let (input, output) = (unique_name("admin-in"), unique_name("admin-out"));
-    kafka::create_topic(&bootstrap, &input, 1).await.unwrap();
-    kafka::create_topic(&bootstrap, &output, 1).await.unwrap();
-    let dir = std::env::temp_dir().join(unique_name("oxbow-admin"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: admin}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [{input}], eventTime: {{field: ts}}, partitionedBy: "k"}}
-  pipeline:
-    - keyBy: "k"
-    - window: {{tumbling: 1h}}
-      aggregate: {{n: "count()"}}
-  sink: {{topic: {output}}}
-  checkpoint: {{storage: "file://{}", interval: 1s}}
-"#,
-        dir.display()
-    );
-    let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
+    let (input, output) = kafka::source_and_sink(&bootstrap, "admin", 1)
+        .await
+        .unwrap();
+    let dir = scratch_dir("oxbow-admin");
+    let hourly = Window {
+        size: "1h",
+        grace_seconds: None,
+        total: false,
+        ..Window::default()
+    };
+    let storage = format!("file://{}", dir.display());
+    let spec = windows::job("admin", &bootstrap, &input, &output, &storage, &hourly)
+        .checkpoint("interval: 1s")
+        .job_spec()
+        .unwrap();
     let name = unique_name("admin");
-    let job = JobFile::new(
-        "test",
-        &name,
-        1,
-        spec,
-        assign(&BTreeMap::from([(input.clone(), 1)]), 1, None),
-        Restore::LatestCheckpoint,
-    );
+    let job = worker::job_file(&name, spec, &[(&input, 1)], 1);
     let file = dir.join("job.json");
-    std::fs::write(&file, serde_json::to_string(&job).unwrap()).unwrap();
+    worker::write_job_file(&job, &file).unwrap();
     let mut child = WorkerProcess::start(&file, 0, &[]).unwrap();
     let port = child.port;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let http = reqwest::Client::new();
-    produce(&bootstrap, &input, 0, 10).await;
+    let producer = kafka::producer(&bootstrap).unwrap();
+    kafka::produce(&producer, &input, events(0, 10))
+        .await
+        .unwrap();
 
-    eventually("/readyz to answer 200", async || {
+    let minute = Duration::from_secs(60);
+    eventually("/readyz to answer 200", minute, async || {
         let r = http.get(url("/readyz")).send().await.ok()?;
         (r.status() == 200).then_some(())
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(
         http.get(url("/healthz")).send().await.unwrap().status(),
         200
@@ -102,14 +75,16 @@ spec:
             .status(),
         401
     );
-    let status: WorkerStatus = eventually("the status to count 10 records", async || {
+    let status: WorkerStatus = eventually("the status to count 10 records", minute, async || {
         child.status().await.filter(|s| s.records_in == 10)
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(status.partitions.len(), 1);
     assert_eq!(status.partitions[0].position, 10);
     eventually(
         "metrics to count the records and a checkpoint",
+        minute,
         async || {
             let text = child.metrics().await?;
             let counted =
@@ -118,7 +93,8 @@ spec:
                 .then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     // Stop with a savepoint.
     let accepted = http
@@ -129,7 +105,7 @@ spec:
         .await
         .unwrap();
     assert_eq!(accepted.status(), 202);
-    let done: SavepointResult = eventually("the savepoint to complete", async || {
+    let done: SavepointResult = eventually("the savepoint to complete", minute, async || {
         let r: SavepointResult = http
             .get(url("/v1/savepoints/sp-admin"))
             .bearer_auth(worker::TOKEN)
@@ -141,19 +117,24 @@ spec:
             .ok()?;
         (r.state != SavepointState::InProgress).then_some(r)
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(done.state, SavepointState::Completed, "{done:?}");
     let manifest = dir.join(format!("test/{name}/savepoints/sp-admin/worker-0.json"));
     assert!(manifest.exists(), "{} is missing", manifest.display());
     assert!(done.path.unwrap().ends_with("/savepoints/sp-admin"));
 
     // Idle: not ready, and nothing more is processed.
-    eventually("/readyz to answer 503", async || {
+    eventually("/readyz to answer 503", minute, async || {
         let r = http.get(url("/readyz")).send().await.ok()?;
         (r.status() == 503).then_some(())
     })
-    .await;
-    produce(&bootstrap, &input, 10, 5).await;
+    .await
+    .unwrap();
+    kafka::produce(&producer, &input, events(10, 5))
+        .await
+        .unwrap();
+    // The point is that nothing happens: time in which a consuming worker would read them.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status: WorkerStatus = child.status().await.unwrap();
     assert_eq!(status.records_in, 10, "an idle worker consumes nothing");

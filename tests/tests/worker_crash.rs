@@ -6,22 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use oxbow_crds::{
-    assignment::assign,
-    jobfile::{JobFile, Restore},
+use oxbow_tests::{
+    Wait, kafka, now_ms, scratch_dir, unique_name,
+    windows::{self, Window},
+    worker::{self, WorkerProcess},
 };
-use oxbow_tests::{kafka, unique_name, windows, worker::WorkerProcess};
-use rdkafka::producer::FutureProducer;
 
 const KEYS: i64 = 6;
 const PARTITIONS: i32 = 2;
@@ -55,16 +46,9 @@ impl Scenario {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 struct Job {
-    file: PathBuf,
-    dir: PathBuf,
+    file: std::path::PathBuf,
+    dir: std::path::PathBuf,
     input: String,
     output: String,
     shuffle: Option<String>,
@@ -82,7 +66,7 @@ enum Storage {
 
 fn write_job(bootstrap: &str, scenario: &Scenario) -> Job {
     let (input, output) = (unique_name("crash-in"), unique_name("crash-out"));
-    let dir = std::env::temp_dir().join(unique_name("oxbow-crash"));
+    let dir = scratch_dir("oxbow-crash");
     std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
     let (storage_url, env) = match &scenario.storage {
         Storage::File => (
@@ -92,79 +76,33 @@ fn write_job(bootstrap: &str, scenario: &Scenario) -> Job {
         Storage::S3(prefix) => {
             let vars = oxbow_tests::component(oxbow_tests::Component::S3);
             let bucket = vars.get("OXBOW_TEST_S3_BUCKET").unwrap();
-            // object_store reads its S3 settings from the environment, as in a pod.
-            let env = vec![
-                (
-                    "AWS_ENDPOINT_URL".to_owned(),
-                    vars.get("OXBOW_TEST_S3_ENDPOINT").unwrap().to_owned(),
-                ),
-                ("AWS_ALLOW_HTTP".to_owned(), "true".to_owned()),
-                (
-                    "AWS_ACCESS_KEY_ID".to_owned(),
-                    vars.optional("AWS_ACCESS_KEY_ID")
-                        .unwrap_or("test")
-                        .to_owned(),
-                ),
-                (
-                    "AWS_SECRET_ACCESS_KEY".to_owned(),
-                    vars.optional("AWS_SECRET_ACCESS_KEY")
-                        .unwrap_or("test")
-                        .to_owned(),
-                ),
-                (
-                    "AWS_REGION".to_owned(),
-                    vars.optional("AWS_REGION")
-                        .unwrap_or("us-east-1")
-                        .to_owned(),
-                ),
-            ];
-            (format!("s3://{bucket}/{prefix}"), env)
+            (
+                format!("s3://{bucket}/{prefix}"),
+                oxbow_tests::s3::worker_env().unwrap(),
+            )
         }
     };
-    let yaml = format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: crash}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  source:
-    topics: [{input}]
-    eventTime: {{field: ts, grace: {grace}s}}{partitioned}
-  pipeline:
-    - keyBy: "k"
-    - window: {{tumbling: 1s}}
-      aggregate: {{n: "count()", total: "sum(v)"}}
-  sink: {{topic: {output}}}
-  checkpoint: {{storage: "{storage_url}", interval: 300ms}}
-"#,
-        grace = scenario.grace_seconds(),
-        partitioned = if scenario.shuffle {
-            ""
-        } else {
-            "\n    partitionedBy: \"k\""
-        }
-    );
-    let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
+    let window = Window {
+        grace_seconds: Some(scenario.grace_seconds()),
+        partitioned: !scenario.shuffle,
+        ..Window::default()
+    };
+    let spec = windows::job("crash", bootstrap, &input, &output, &storage_url, &window)
+        .checkpoint("interval: 300ms")
+        .job_spec()
+        .unwrap();
     let name = unique_name("crash");
-    let mut topics = BTreeMap::from([(input.clone(), PARTITIONS)]);
     let shuffle = scenario
         .shuffle
         .then(|| oxbow_crds::names::shuffle_topic("test", &name));
+    let mut topics = vec![(input.as_str(), PARTITIONS)];
     if let Some(topic) = &shuffle {
-        topics.insert(topic.clone(), SHUFFLE_PARTITIONS);
+        topics.push((topic, SHUFFLE_PARTITIONS));
     }
-    let job = JobFile::new(
-        "test",
-        &name,
-        1,
-        spec,
-        assign(&topics, scenario.workers, None),
-        Restore::LatestCheckpoint,
-    );
+    let job = worker::job_file(&name, spec, &topics, scenario.workers);
     let group = job.consumer_group();
     let file = dir.join("job.json");
-    std::fs::write(&file, serde_json::to_string(&job).unwrap()).unwrap();
+    worker::write_job_file(&job, &file).unwrap();
     Job {
         file,
         dir,
@@ -288,29 +226,13 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
     let base = now_ms() - now_ms() % 1000;
 
     // Input flows for the whole test: event i has time base + 25 i, key i % KEYS.
-    let done = Arc::new(AtomicBool::new(false));
-    let producer_task = {
-        let (bootstrap, input, done) = (bootstrap.clone(), job.input.clone(), Arc::clone(&done));
+    let input = kafka::Flow::start(&bootstrap, &job.input, 20, {
         let scenario = Arc::clone(&scenario);
-        tokio::spawn(async move {
-            let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
-            let mut events = Vec::new();
-            let mut i: i64 = 0;
-            while !done.load(Ordering::Relaxed) {
-                for _ in 0..20 {
-                    let event = (i % KEYS, i % 97, base + 25 * i);
-                    let partition = scenario.partition_of(i, event.0);
-                    kafka::send_event(&producer, &input, partition, event)
-                        .await
-                        .unwrap();
-                    events.push(event);
-                    i += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            events
-        })
-    };
+        move |i| {
+            let event = (i % KEYS, i % 97, base + 25 * i);
+            (scenario.partition_of(i, event.0), event)
+        }
+    });
 
     // Signals at random moments, each to a worker chosen at random, which restarts at once.
     let mut workers: Vec<WorkerProcess> = (0..scenario.workers)
@@ -322,6 +244,7 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let life = Duration::from_millis(300 + (seed >> 33) % 1500);
+        // The worker's random lifetime: the signal lands at a random moment of its work.
         tokio::time::sleep(life).await;
         let victim = ((seed >> 20) % u64::from(scenario.workers)) as usize;
         if scenario.signal == "KILL" {
@@ -335,28 +258,25 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
         }
         workers[victim] = start_worker(&job, victim as u32);
     }
-    done.store(true, Ordering::Relaxed);
-    let mut events = producer_task.await.unwrap();
+    let mut events = input.stop().await.unwrap();
 
     // Close every window of every key with one record per key far ahead, then let a last
     // worker catch up and stop it gracefully.
     let closing = base + 25 * events.len() as i64 + 10_000 + 1000 * scenario.grace_seconds();
     // With a shuffle, every input partition sends a closing record for every key, so that every
     // shuffle partition's stream time passes the last window.
-    let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
     let closers = if scenario.shuffle { PARTITIONS } else { 1 };
-    for k in 0..KEYS {
-        for c in 0..closers {
-            let partition = scenario.partition_of(i64::from(c), k);
-            kafka::send_event(&producer, &job.input, partition, (k, 0, closing))
-                .await
-                .unwrap();
-            events.push((k, 0, closing));
-        }
-    }
+    let closing_events: Vec<(i32, (i64, i64, i64))> = (0..KEYS)
+        .flat_map(|k| (0..closers).map(move |c| (c, k)))
+        .map(|(c, k)| (scenario.partition_of(i64::from(c), k), (k, 0, closing)))
+        .collect();
+    let producer = kafka::producer(&bootstrap).unwrap();
+    kafka::produce(&producer, &job.input, closing_events.iter().copied())
+        .await
+        .unwrap();
+    events.extend(closing_events.into_iter().map(|(_, e)| e));
     let total = events.len() as i64;
     let want = windows::expected(&events, closing);
-    let deadline = Instant::now() + Duration::from_secs(120);
     let sink_count = || {
         kafka::read_all(
             &bootstrap,
@@ -369,10 +289,10 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
     };
     // Wait for the workers to catch up; if they do not, the comparison below shows what is
     // missing.
-    while committed(&bootstrap, &job) < total || sink_count() < want.len() {
-        if Instant::now() > deadline {
-            eprintln!(
-                "the workers did not catch up: {} of {total} input records committed, {} of {} results",
+    let caught_up = Wait::new("the workers to catch up", Duration::from_secs(120))
+        .diagnose(async || {
+            let mut report = format!(
+                "{} of {total} input records committed, {} of {} results",
                 committed(&bootstrap, &job),
                 sink_count(),
                 want.len()
@@ -385,21 +305,27 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
                     "read_committed",
                     Duration::from_secs(2),
                 );
-                eprintln!(
-                    "committed records in the shuffle topic: {:?}",
-                    committed.map(|v| v.len())
-                );
+                let committed = committed.map(|v| v.len());
+                report += &format!("\ncommitted records in the shuffle topic: {committed:?}");
             }
             for w in &workers {
-                eprintln!("worker status: {:?}", w.status().await);
-                eprintln!("worker metrics: {}", w.metrics().await.unwrap_or_default());
+                report += &format!("\nworker status: {:?}", w.status().await);
+                report += &format!(
+                    "\nworker metrics: {}",
+                    w.metrics().await.unwrap_or_default()
+                );
             }
-            break;
-        }
-        for (ordinal, w) in workers.iter_mut().enumerate() {
-            assert!(w.is_running(), "worker {ordinal} exited early");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            report
+        })
+        .until(async || {
+            for (ordinal, w) in workers.iter().enumerate() {
+                assert!(w.is_running(), "worker {ordinal} exited early");
+            }
+            (committed(&bootstrap, &job) >= total && sink_count() >= want.len()).then_some(())
+        })
+        .await;
+    if let Err(e) = caught_up {
+        eprintln!("{e:#}");
     }
     for mut w in workers {
         let status = w.terminate().unwrap();

@@ -8,11 +8,11 @@ use std::{
     process::Command,
 };
 
-use oxbow_crds::{
-    assignment::assign,
-    jobfile::{JobFile, Restore},
+use oxbow_tests::{
+    kafka, scratch_dir, unique_name,
+    windows::{self, Window},
+    worker,
 };
-use oxbow_tests::{kafka, unique_name, worker};
 
 struct Outcome {
     code: Option<i32>,
@@ -57,51 +57,41 @@ fn assert_fails(outcome: &Outcome, says: &[&str]) {
     }
 }
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name("oxbow-errors"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A valid job file for `bootstrap` and `storage`, with `extra_kafka` added to `spec.kafka`.
-fn job_file(dir: &Path, bootstrap: &str, storage: &str, extra_kafka: &str) -> PathBuf {
-    let yaml = format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: errors}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"{extra_kafka}}}
-  source: {{topics: [in], eventTime: {{field: ts}}, partitionedBy: "k"}}
-  pipeline:
-    - keyBy: "k"
-    - window: {{tumbling: 1s}}
-      aggregate: {{n: "count()"}}
-  sink: {{topic: out}}
-  checkpoint: {{storage: "{storage}", interval: 1s, timeout: 3s}}
-"#
-    );
-    let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
-    let job = JobFile::new(
-        "test",
-        unique_name("errors"),
+/// A valid job file for `bootstrap` and `storage`, with `kafka` entries added to `spec.kafka`.
+fn job_file(dir: &Path, bootstrap: &str, storage: &str, kafka: &[&str]) -> PathBuf {
+    let window = Window {
+        grace_seconds: None,
+        total: false,
+        ..Window::default()
+    };
+    let mut manifest = windows::job("errors", bootstrap, "in", "out", storage, &window)
+        .checkpoint("interval: 1s")
+        .checkpoint("timeout: 3s");
+    for entry in kafka {
+        manifest = manifest.kafka(entry);
+    }
+    let job = worker::job_file(
+        &unique_name("errors"),
+        manifest.job_spec().unwrap(),
+        &[("in", 1)],
         1,
-        spec,
-        assign(
-            &std::collections::BTreeMap::from([("in".to_owned(), 1)]),
-            1,
-            None,
-        ),
-        Restore::LatestCheckpoint,
     );
     let path = dir.join(unique_name("job"));
-    std::fs::write(&path, serde_json::to_string(&job).unwrap()).unwrap();
+    worker::write_job_file(&job, &path).unwrap();
     path
+}
+
+/// A job file holding `contents` is refused with `says` in the message.
+fn refused(contents: &str, says: &[&str]) {
+    let dir = scratch_dir("oxbow-errors");
+    let path = dir.join("job.json");
+    std::fs::write(&path, contents).unwrap();
+    assert_fails(&run(&dir, &path, &[]), says);
 }
 
 #[test]
 fn a_missing_job_file_is_named() {
-    let dir = scratch();
+    let dir = scratch_dir("oxbow-errors");
     let missing = dir.join("nope.json");
     let out = run(&dir, &missing, &[]);
     assert_fails(&out, &["nope.json"]);
@@ -109,27 +99,21 @@ fn a_missing_job_file_is_named() {
 
 #[test]
 fn a_job_file_that_is_not_json_is_refused() {
-    let dir = scratch();
-    let path = dir.join("job.json");
-    std::fs::write(&path, "apiVersion: [").unwrap();
-    assert_fails(&run(&dir, &path, &[]), &["failed to load the job file"]);
+    refused("apiVersion: [", &["failed to load the job file"]);
 }
 
 #[test]
 fn a_job_file_from_another_format_version_is_refused() {
-    let dir = scratch();
-    let path = dir.join("job.json");
-    std::fs::write(&path, r#"{"apiVersion": "oxbow.dev/job/v9"}"#).unwrap();
-    assert_fails(
-        &run(&dir, &path, &[]),
+    refused(
+        r#"{"apiVersion": "oxbow.dev/job/v9"}"#,
         &["oxbow.dev/job/v9", "not supported"],
     );
 }
 
 #[test]
 fn an_invalid_spec_is_refused_with_its_path() {
-    let dir = scratch();
-    let good = job_file(&dir, "127.0.0.1:9", "file:///tmp", "");
+    let dir = scratch_dir("oxbow-errors");
+    let good = job_file(&dir, "127.0.0.1:9", "file:///tmp", &[]);
     let mut job: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
     job["spec"]["pipeline"] = serde_json::json!([{"filter": "amount >"}]);
@@ -142,21 +126,21 @@ fn an_invalid_spec_is_refused_with_its_path() {
 
 #[test]
 fn a_missing_kafka_credential_is_named() {
-    let dir = scratch();
+    let dir = scratch_dir("oxbow-errors");
     let job = job_file(
         &dir,
         "127.0.0.1:9",
         "file:///tmp",
-        ", security: {protocol: SASL_PLAINTEXT, mechanism: PLAIN, secretRef: {name: kafka-creds}}",
+        &["security: {protocol: SASL_PLAINTEXT, mechanism: PLAIN, secretRef: {name: kafka-creds}}"],
     );
     assert_fails(&run(&dir, &job, &[]), &["username"]);
 }
 
 #[test]
 fn an_unreachable_broker_fails_the_start_with_the_reason() {
-    let dir = scratch();
+    let dir = scratch_dir("oxbow-errors");
     let port = worker::free_port();
-    let job = job_file(&dir, &format!("127.0.0.1:{port}"), "file:///tmp", "");
+    let job = job_file(&dir, &format!("127.0.0.1:{port}"), "file:///tmp", &[]);
     assert_fails(
         &run(&dir, &job, &[]),
         &["failed to initialize transactions"],
@@ -165,10 +149,10 @@ fn an_unreachable_broker_fails_the_start_with_the_reason() {
 
 #[test]
 fn an_unreachable_store_fails_the_start_with_the_reason() {
-    let dir = scratch();
+    let dir = scratch_dir("oxbow-errors");
     let port = worker::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let job = job_file(&dir, &kafka::bootstrap(), "s3://nowhere/prefix", "");
+    let job = job_file(&dir, &kafka::bootstrap(), "s3://nowhere/prefix", &[]);
     let out = run(
         &dir,
         &job,

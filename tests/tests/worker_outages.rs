@@ -5,36 +5,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use oxbow_crds::{
-    admin::WorkerState,
-    assignment::assign,
-    jobfile::{JobFile, Restore},
-};
+use oxbow_crds::admin::WorkerState;
 use oxbow_tests::{
-    kafka,
+    eventually, kafka, now_ms,
     s3::PrivateS3,
-    unique_name,
-    windows::{self, Event},
-    worker::{WorkerProcess, eventually},
+    scratch_dir, unique_name,
+    windows::{self, Event, Window},
+    worker::{self, WorkerProcess},
 };
 use rdkafka::{
     Message,
     consumer::{BaseConsumer, Consumer},
     message::Headers,
-    producer::{FutureProducer, FutureRecord},
 };
 
 struct Job {
-    file: PathBuf,
+    file: std::path::PathBuf,
     input: String,
     output: String,
     dead_letter: String,
@@ -42,47 +30,27 @@ struct Job {
 }
 
 async fn job(bootstrap: &str, storage: &str) -> Job {
-    let (input, output, dead_letter) = (
-        unique_name("outage-in"),
-        unique_name("outage-out"),
-        unique_name("outage-dlq"),
-    );
-    for topic in [&input, &output, &dead_letter] {
-        kafka::create_topic(bootstrap, topic, 1).await.unwrap();
-    }
-    let yaml = format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: outage}}
-spec:
-  kafka: {{bootstrapServers: "{bootstrap}"}}
-  source: {{topics: [{input}], eventTime: {{field: ts, grace: 0s}}, partitionedBy: "k"}}
-  pipeline:
-    - keyBy: "k"
-    - window: {{tumbling: 1s}}
-      aggregate: {{n: "count()", total: "sum(v)"}}
-  sink: {{topic: {output}}}
-  deadLetter: {{topic: {dead_letter}}}
-  checkpoint: {{storage: "{storage}", interval: 300ms, timeout: 2s}}
-"#
-    );
-    let spec = oxbow_crds::parse_manifest(&yaml).unwrap().spec;
-    let job = JobFile::new(
-        "test",
-        unique_name("outage"),
-        1,
-        spec,
-        assign(
-            &std::collections::BTreeMap::from([(input.clone(), 1)]),
-            1,
-            None,
-        ),
-        Restore::LatestCheckpoint,
-    );
+    let (input, output) = kafka::source_and_sink(bootstrap, "outage", 1)
+        .await
+        .unwrap();
+    let dead_letter = kafka::new_topic(bootstrap, "outage-dlq", 1).await.unwrap();
+    let spec = windows::job(
+        "outage",
+        bootstrap,
+        &input,
+        &output,
+        storage,
+        &Window::default(),
+    )
+    .spec(&format!("deadLetter: {{topic: {dead_letter}}}"))
+    .checkpoint("interval: 300ms")
+    .checkpoint("timeout: 2s")
+    .job_spec()
+    .unwrap();
+    let job = worker::job_file(&unique_name("outage"), spec, &[(&input, 1)], 1);
     let group = job.consumer_group();
     let file = std::env::temp_dir().join(unique_name("outage-job"));
-    std::fs::write(&file, serde_json::to_string(&job).unwrap()).unwrap();
+    worker::write_job_file(&job, &file).unwrap();
     Job {
         file,
         input,
@@ -92,35 +60,10 @@ spec:
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Sends events until `done`: event i has key i % 4, value i % 13, time base + 20 i.
-fn spawn_input(
-    bootstrap: &str,
-    topic: &str,
-    base: i64,
-    done: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Event>> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::spawn(async move {
-        let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
-        let mut events = Vec::new();
-        let mut i = 0;
-        while !done.load(Ordering::Relaxed) {
-            for _ in 0..10 {
-                let e = (i % 4, i % 13, base + 20 * i);
-                kafka::send_event(&producer, &topic, 0, e).await.unwrap();
-                events.push(e);
-                i += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        events
+/// Sends events until stopped: event i has key i % 4, value i % 13, time base + 20 i.
+fn spawn_input(bootstrap: &str, topic: &str, base: i64) -> kafka::Flow {
+    kafka::Flow::start(bootstrap, topic, 10, move |i| {
+        (0, (i % 4, i % 13, base + 20 * i))
     })
 }
 
@@ -134,20 +77,24 @@ async fn finish(
     base: i64,
 ) {
     let closing = base + 20 * events.len() as i64 + 10_000;
-    let producer: FutureProducer = kafka::config(bootstrap).create().unwrap();
-    for k in 0..4 {
-        kafka::send_event(&producer, &job.input, 0, (k, 0, closing))
-            .await
-            .unwrap();
-        events.push((k, 0, closing));
-    }
+    let closers: Vec<Event> = (0..4).map(|k| (k, 0, closing)).collect();
+    let producer = kafka::producer(bootstrap).unwrap();
+    kafka::produce(&producer, &job.input, closers.iter().map(|&e| (0, e)))
+        .await
+        .unwrap();
+    events.extend(closers);
     let total = events.len() as i64;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while kafka::committed_total(bootstrap, &job.group, &job.input, 1).unwrap() < total {
-        assert!(Instant::now() < deadline, "the worker did not catch up");
-        assert!(worker.is_running(), "the worker exited");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the worker to catch up",
+        Duration::from_secs(90),
+        async || {
+            assert!(worker.is_running(), "the worker exited");
+            let committed = kafka::committed_total(bootstrap, &job.group, &job.input, 1).unwrap();
+            (committed >= total).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     assert!(worker.terminate().unwrap().success());
     let got = windows::results(bootstrap, &job.output, Duration::from_secs(3)).unwrap();
     let want = windows::expected(&events, closing);
@@ -162,8 +109,7 @@ async fn the_object_store_going_away_and_back_loses_and_duplicates_nothing() {
     let job = job(&bootstrap, &format!("s3://outage/{}", unique_name("job"))).await;
     let mut worker = WorkerProcess::start(&job.file, 0, &store.worker_env()).unwrap();
     let base = now_ms() - now_ms() % 1000;
-    let done = Arc::new(AtomicBool::new(false));
-    let input = spawn_input(&bootstrap, &job.input, base, Arc::clone(&done));
+    let input = spawn_input(&bootstrap, &job.input, base);
     let timeout = Duration::from_secs(60);
 
     eventually("a checkpoint", timeout, async || {
@@ -189,6 +135,7 @@ async fn the_object_store_going_away_and_back_loses_and_duplicates_nothing() {
             && metrics.contains("oxbow_worker_retrying 1"),
         "{metrics}"
     );
+    // The store stays away a while: the outage the worker must ride out.
     tokio::time::sleep(Duration::from_secs(2)).await;
     store.resume().unwrap();
 
@@ -200,8 +147,7 @@ async fn the_object_store_going_away_and_back_loses_and_duplicates_nothing() {
     })
     .await
     .unwrap();
-    done.store(true, Ordering::Relaxed);
-    let events = input.await.unwrap();
+    let events = input.stop().await.unwrap();
     let metrics = worker.metrics().await.unwrap();
     assert!(metrics.contains("oxbow_worker_retrying 0"), "{metrics}");
     finish(&bootstrap, &job, &mut worker, events, base).await;
@@ -210,14 +156,13 @@ async fn the_object_store_going_away_and_back_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_record_storm_goes_to_the_dead_letter_topic_and_the_job_goes_on() {
     let bootstrap = kafka::bootstrap();
-    let dir = std::env::temp_dir().join(unique_name("oxbow-storm"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("oxbow-storm");
     let job = job(&bootstrap, &format!("file://{}", dir.display())).await;
     let mut worker = WorkerProcess::start(&job.file, 0, &[]).unwrap();
     let base = now_ms() - now_ms() % 1000;
 
     // Good events with three kinds of bad record between them.
-    let producer: FutureProducer = kafka::config(&bootstrap).create().unwrap();
+    let producer = kafka::producer(&bootstrap).unwrap();
     let mut events = Vec::new();
     let bad = |i: i64| -> [(&str, String); 3] {
         [
@@ -232,20 +177,13 @@ async fn a_malformed_record_storm_goes_to_the_dead_letter_topic_and_the_job_goes
     let mut sent_bad = [0u64; 3];
     for i in 0..1500_i64 {
         let e = (i % 4, i % 13, base + 20 * i);
-        kafka::send_event(&producer, &job.input, 0, e)
+        kafka::produce(&producer, &job.input, [(0, e)])
             .await
             .unwrap();
         events.push(e);
         let which = (i % 3) as usize;
-        producer
-            .send(
-                FutureRecord::<(), str>::to(&job.input)
-                    .partition(0)
-                    .payload(&bad(i)[which].1),
-                Duration::from_secs(10),
-            )
+        kafka::send(&producer, &job.input, 0, &bad(i)[which].1)
             .await
-            .map_err(|(e, _)| e)
             .unwrap();
         sent_bad[which] += 1;
     }
@@ -307,21 +245,19 @@ async fn a_malformed_record_storm_goes_to_the_dead_letter_topic_and_the_job_goes
 /// the broker rather than the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_process_stopped_and_restarted_loses_and_duplicates_nothing() {
-    let mut broker = kafka::PrivateBroker::start().unwrap();
+    let mut broker = kafka::PrivateBroker::start().await.unwrap();
     let bootstrap = broker.bootstrap();
-    let dir = std::env::temp_dir().join(unique_name("oxbow-restart"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("oxbow-restart");
     let job = job(&bootstrap, &format!("file://{}", dir.display())).await;
     let mut worker = WorkerProcess::start(&job.file, 0, &[]).unwrap();
     let base = now_ms() - now_ms() % 1000;
     let timeout = Duration::from_secs(60);
 
     // A first batch, committed.
-    let done = Arc::new(AtomicBool::new(false));
-    let input = spawn_input(&bootstrap, &job.input, base, Arc::clone(&done));
+    let input = spawn_input(&bootstrap, &job.input, base);
+    // Two seconds of input.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    done.store(true, Ordering::Relaxed);
-    let mut events = input.await.unwrap();
+    let mut events = input.stop().await.unwrap();
     let first = events.len() as i64;
     eventually("the first batch to be committed", timeout, async || {
         (kafka::committed_total(&bootstrap, &job.group, &job.input, 1).ok()? == first).then_some(())
@@ -331,15 +267,15 @@ async fn the_broker_process_stopped_and_restarted_loses_and_duplicates_nothing()
 
     // The broker goes away; the worker keeps running and says so.
     broker.stop().unwrap();
+    // The broker stays down a while: the outage the worker must ride out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(worker.is_running(), "the worker rides out the outage");
-    broker.restart().unwrap();
+    broker.restart().await.unwrap();
 
     // A second batch after the restart is processed.
-    let done = Arc::new(AtomicBool::new(false));
-    let input = spawn_input(&bootstrap, &job.input, base + 20 * first, Arc::clone(&done));
+    let input = spawn_input(&bootstrap, &job.input, base + 20 * first);
+    // Two seconds of input.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    done.store(true, Ordering::Relaxed);
-    events.extend(input.await.unwrap());
+    events.extend(input.stop().await.unwrap());
     finish(&bootstrap, &job, &mut worker, events, base).await;
 }
