@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Context, bail};
 
+pub mod chart;
+pub mod dockerfile;
 pub mod kafka;
 pub mod kube_env;
 pub mod kubelet;
@@ -22,9 +24,11 @@ pub mod manifest;
 pub mod operator;
 pub mod record;
 pub mod s3;
+pub mod tools;
 pub mod wait;
 pub mod windows;
 pub mod worker;
+pub mod yaml;
 
 pub use wait::{Wait, eventually};
 
