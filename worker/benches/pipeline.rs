@@ -93,7 +93,6 @@ fn hot_paths(c: &mut Criterion) {
                         offset: i as i64,
                         ..Default::default()
                     },
-                    0,
                     &mut output,
                 );
             }
@@ -116,7 +115,6 @@ fn hot_paths(c: &mut Criterion) {
                 offset: i,
                 ..Default::default()
             },
-            0,
             &mut output,
         );
     }

@@ -11,8 +11,8 @@ use std::{
 
 use oxbow_crds::{streamjob::Format, validation};
 use oxbow_worker::engine::{
-    CompiledPipeline, DeadLetterReason, InputRecord, Output, OutputRecord, Task, Value, codec,
-    expr::Expr,
+    CompiledPipeline, DeadLetterReason, InputRecord, Output, OutputRecord, Task, Upstream, Value,
+    codec, expr::Expr,
 };
 use proptest::prelude::*;
 
@@ -62,7 +62,6 @@ fn run(task: &mut Task, inputs: &[Vec<u8>], out: &mut Output) {
                 offset: i as i64,
                 ..Default::default()
             },
-            0,
             out,
         );
     }
@@ -307,13 +306,197 @@ fn an_idle_partition_still_fires_its_windows() {
             value: Some(&record(1, 5, 4)),
             ..Default::default()
         },
-        1_000,
         &mut out,
     );
+    task.on_idle(1_100, &mut out);
+    assert!(out.records.is_empty(), "not idle before it has caught up");
+    task.caught_up(1_000);
     task.on_idle(1_050, &mut out);
     assert!(out.records.is_empty(), "not idle before idleTimeout");
     task.on_idle(1_100, &mut out);
     assert_eq!(rows(&out.records), [(1, 0, 10, 1, 5, 5, 5)]);
+}
+
+fn feed(task: &mut Task, k: i64, v: i64, ts: i64, out: &mut Output) {
+    task.process(
+        &InputRecord {
+            value: Some(&record(k, v, ts)),
+            ..Default::default()
+        },
+        out,
+    );
+}
+
+#[test]
+fn a_downtime_never_moves_event_time_after_a_restore() {
+    let p = window_pipeline("{tumbling: 10ms}");
+    let mut task = Task::new(Arc::clone(&p));
+    let mut out = Output::default();
+    feed(&mut task, 1, 5, 4, &mut out);
+    task.caught_up(1_000);
+    let snapshot = task.snapshot().unwrap();
+    // Restored an hour later: the first empty polls must not fire the open window.
+    let mut restored = Task::restore(Arc::clone(&p), &snapshot).unwrap();
+    restored.on_idle(3_600_000, &mut out);
+    assert!(!restored.is_idle(3_600_000));
+    assert!(out.records.is_empty(), "fired after a downtime: {out:?}");
+    // The backlog arrives and completes the window; nothing is late.
+    feed(&mut restored, 1, 7, 6, &mut out);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    // Caught up again, it goes idle on this process's clock only.
+    restored.caught_up(3_600_000);
+    restored.on_idle(3_600_099, &mut out);
+    assert!(out.records.is_empty());
+    restored.on_idle(3_600_100, &mut out);
+    assert_eq!(rows(&out.records), [(1, 0, 10, 2, 12, 5, 5)]);
+}
+
+#[test]
+fn a_version_1_snapshot_restores_without_its_processing_time() {
+    // Format 1 carried the processing time of the last record; a restore must not use it.
+    #[derive(serde::Serialize)]
+    struct V1 {
+        stream_time: Option<i64>,
+        last_activity: Option<(i64, i64)>,
+        windows: oxbow_worker::engine::window::Windows,
+        counters: oxbow_worker::engine::task::TaskCounters,
+    }
+    let p = window_pipeline("{tumbling: 10ms}");
+    let mut task = Task::new(Arc::clone(&p));
+    let mut out = Output::default();
+    feed(&mut task, 1, 5, 4, &mut out);
+    let state = task.state().clone();
+    let mut bytes = oxbow_worker::engine::snapshot::encode(&V1 {
+        stream_time: state.stream_time,
+        last_activity: Some((1_000, 4)),
+        windows: state.windows,
+        counters: state.counters,
+    })
+    .unwrap();
+    bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+    let mut restored = Task::restore(p, &bytes).unwrap();
+    assert_eq!(restored.state().stream_time, Some(4));
+    restored.on_idle(1_000_000, &mut out);
+    assert!(
+        out.records.is_empty(),
+        "the old processing time moved event time"
+    );
+    feed(&mut restored, 1, 7, 6, &mut out);
+    feed(&mut restored, 2, 1, 20, &mut out);
+    assert_eq!(rows(&out.records), [(1, 0, 10, 2, 12, 5, 5)]);
+}
+
+#[test]
+fn a_record_stops_the_idle_clock() {
+    let p = window_pipeline("{tumbling: 10ms}");
+    let mut task = Task::new(p);
+    let mut out = Output::default();
+    feed(&mut task, 1, 5, 4, &mut out);
+    task.caught_up(1_000);
+    feed(&mut task, 1, 6, 5, &mut out);
+    task.on_idle(5_000, &mut out);
+    assert!(
+        out.records.is_empty(),
+        "a partition with new records is not idle"
+    );
+    assert!(!task.is_caught_up());
+}
+
+/// A shuffled record: its value, the upstream that wrote it and that upstream's stream time.
+fn shuffled(k: i64, v: i64, ts: i64, from: &str, upstream_time: i64) -> (Vec<u8>, String, i64) {
+    (record(k, v, ts), from.to_owned(), upstream_time)
+}
+
+fn feed_shuffled(task: &mut Task, r: &(Vec<u8>, String, i64), out: &mut Output) {
+    task.process(
+        &InputRecord {
+            value: Some(&r.0),
+            upstream: Some(Upstream {
+                id: &r.1,
+                stream_time: Some(r.2),
+                idle: false,
+            }),
+            ..Default::default()
+        },
+        out,
+    );
+}
+
+fn shuffle_task(upstreams: &[&str]) -> Task {
+    let upstreams: Vec<String> = upstreams.iter().map(|s| (*s).to_owned()).collect();
+    Task::new(window_pipeline("{tumbling: 10ms}")).with_upstreams(upstreams.into())
+}
+
+#[test]
+fn the_shuffle_stage_waits_for_its_slowest_upstream() {
+    let mut task = shuffle_task(&["in/0", "in/1"]);
+    let mut out = Output::default();
+    // Upstream in/0 runs ahead to 40 ms while in/1 (down, or behind) has not reported.
+    for ts in [1, 12, 25, 40] {
+        feed_shuffled(&mut task, &shuffled(1, 1, ts, "in/0", ts), &mut out);
+    }
+    assert!(
+        out.records.is_empty(),
+        "fired before every upstream reported"
+    );
+    // in/1 comes back with its backlog from 2 ms on: none of it is late.
+    for ts in [2, 9, 14] {
+        feed_shuffled(&mut task, &shuffled(1, 10, ts, "in/1", ts), &mut out);
+    }
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    // Its progress (14) closes [0, 10) only: 14 - 3 ms grace.
+    assert_eq!(rows(&out.records), [(1, 0, 10, 3, 21, 1, 1)]);
+    // A progress report without a record moves it too.
+    task.observe(
+        &Upstream {
+            id: "in/1",
+            stream_time: Some(40),
+            idle: false,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        rows(&out.records),
+        [
+            (1, 0, 10, 3, 21, 1, 1),
+            (1, 10, 20, 2, 11, 1, 1),
+            (1, 20, 30, 1, 1, 1, 1)
+        ]
+    );
+}
+
+#[test]
+fn an_idle_upstream_does_not_hold_the_shuffle_stage() {
+    let mut task = shuffle_task(&["in/0", "in/1"]);
+    let mut out = Output::default();
+    task.observe(
+        &Upstream {
+            id: "in/1",
+            stream_time: None,
+            idle: true,
+        },
+        &mut out,
+    );
+    feed_shuffled(&mut task, &shuffled(1, 1, 1, "in/0", 1), &mut out);
+    feed_shuffled(&mut task, &shuffled(1, 1, 20, "in/0", 20), &mut out);
+    assert_eq!(rows(&out.records), [(1, 0, 10, 1, 1, 1, 1)]);
+}
+
+#[test]
+fn the_shuffle_stage_keeps_its_upstreams_progress_across_a_restore() {
+    let mut task = shuffle_task(&["in/0", "in/1"]);
+    let mut out = Output::default();
+    feed_shuffled(&mut task, &shuffled(1, 1, 30, "in/0", 30), &mut out);
+    feed_shuffled(&mut task, &shuffled(1, 1, 5, "in/1", 5), &mut out);
+    let snapshot = task.snapshot().unwrap();
+    let mut restored = Task::restore(window_pipeline("{tumbling: 10ms}"), &snapshot)
+        .unwrap()
+        .with_upstreams(vec!["in/0".to_owned(), "in/1".to_owned()].into());
+    // in/1, restarted, reports no stream time yet: the stage holds at 5 rather than jump.
+    feed_shuffled(&mut restored, &shuffled(1, 1, 8, "in/1", 8), &mut out);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert!(out.records.is_empty(), "{:?}", rows(&out.records));
+    assert_eq!(restored.state().stream_time, Some(8));
 }
 
 #[test]

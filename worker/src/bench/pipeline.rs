@@ -114,7 +114,7 @@ pub fn run(events: u64) -> Result<Report, BenchError> {
             offset: i as i64,
             ..Default::default()
         };
-        task.process(&record, 0, &mut output);
+        task.process(&record, &mut output);
         if !output.records.is_empty() || !output.dead_letters.is_empty() {
             checksum.add(&output)?;
             output.clear();

@@ -13,5 +13,6 @@ pub mod window;
 
 pub use task::{
     CompiledPipeline, DeadLetter, DeadLetterReason, InputRecord, Output, OutputRecord, Task,
+    Upstream,
 };
 pub use value::Value;

@@ -4,8 +4,10 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 const MAGIC: &[u8; 4] = b"OXBS";
-/// Version of the snapshot format written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the snapshot format written by this build. Version 1 held the processing time of
+/// the last record (no longer part of the state: idleness is measured by the process that
+/// runs the task); version 2 holds the shuffle stage's upstream progress instead.
+pub const FORMAT_VERSION: u16 = 2;
 const ZSTD_LEVEL: i32 = 1;
 
 /// Why a snapshot could not be written or read.
@@ -39,8 +41,14 @@ pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotError> {
     Ok(out)
 }
 
-/// Decodes a snapshot written by [`encode`].
+/// Decodes a snapshot written by [`encode`] in the current format.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    let (_, body) = open(bytes)?;
+    decode_body(&body)
+}
+
+/// The format version of a snapshot and its decompressed body, for readers of older formats.
+pub fn open(bytes: &[u8]) -> Result<(u16, Vec<u8>), SnapshotError> {
     let (header, frame) = bytes
         .split_at_checked(6)
         .ok_or(SnapshotError::NotASnapshot)?;
@@ -53,5 +61,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
     }
     let body =
         zstd::stream::decode_all(frame).map_err(|e| SnapshotError::Compression("decompress", e))?;
-    postcard::from_bytes(&body).map_err(|e| SnapshotError::Encoding("decode", e))
+    Ok((version, body))
+}
+
+/// Decodes the body of a snapshot [`open`]ed.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, SnapshotError> {
+    postcard::from_bytes(body).map_err(|e| SnapshotError::Encoding("decode", e))
 }

@@ -158,7 +158,6 @@ spec:
                     timestamp_ms: ts,
                     ..Default::default()
                 },
-                0,
                 out,
             );
         };

@@ -3,8 +3,28 @@
 //! Synchronous and free of I/O: the runtime hands it records and processing time, and takes
 //! results and dead letters out. Its state — open windows, stream time — snapshots to bytes
 //! and restores into a task that then behaves exactly like the original.
+//!
+//! ## Event time
+//!
+//! A task's *stream time* decides which windows fire (those ending at or before stream time
+//! minus `grace`) and which records are late. It only moves forward.
+//!
+//! - A task that reads a source partition advances it to the largest event time it has seen.
+//! - A task of the shuffle stage reads records that many upstream source partitions wrote, on
+//!   workers that may be down or behind. Its stream time is the **minimum** of its upstreams'
+//!   progress ([`Upstream`]): each record carries its upstream's stream time, and every
+//!   upstream also broadcasts its progress to every shuffle partition. Until every expected
+//!   upstream has reported, the stream time does not move. Upstreams that report themselves
+//!   idle are left out of the minimum (when all are idle, the largest of their stream times
+//!   counts).
+//! - **Idleness** is measured by the process that runs the task, never carried in a snapshot:
+//!   the runtime calls [`Task::caught_up`] once the consumer has read to the partition's end,
+//!   and any record stops the clock. A partition is idle once it has been caught up, with no
+//!   record, for `idleTimeout`; only then does [`Task::on_idle`] advance a source task's stream
+//!   time with processing time. A restored task, or one with a backlog, is never idle — so a
+//!   downtime, however long, never moves event time.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use oxbow_crds::{
     pipeline::{AggregateFunction, Step, WINDOW_END_FIELD, WINDOW_START_FIELD},
@@ -34,6 +54,28 @@ pub struct InputRecord<'a> {
     pub partition: i32,
     /// Offset in its partition.
     pub offset: i64,
+    /// For a record of the shuffle stage: the progress of the source partition that wrote it.
+    pub upstream: Option<Upstream<'a>>,
+}
+
+/// The event-time progress of an upstream source partition, as a shuffle-stage task hears it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upstream<'a> {
+    /// The source partition, `<topic>/<partition>`.
+    pub id: &'a str,
+    /// Its stream time when it wrote the record, if it had one.
+    pub stream_time: Option<i64>,
+    /// It has been idle (caught up, no record) for `idleTimeout`.
+    pub idle: bool,
+}
+
+/// What a shuffle-stage task keeps of an upstream's progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamProgress {
+    /// The largest stream time the upstream reported.
+    pub stream_time: Option<i64>,
+    /// Its last report said it is idle.
+    pub idle: bool,
 }
 
 /// A result to produce to the sink.
@@ -351,27 +393,62 @@ fn step_expressions(step: &Step) -> Vec<&oxbow_crds::pipeline::Expression> {
     }
 }
 
-/// The state of a task that snapshots capture.
+/// The state of a task that snapshots capture (format version 2).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskState {
-    /// Largest event time seen (or advanced to while idle).
+    /// The task's event-time clock (see the module docs): largest event time seen (or
+    /// advanced to while idle), or for the shuffle stage the minimum of the upstreams'.
     pub stream_time: Option<i64>,
-    /// Processing time of the last record, and the stream time then.
-    pub last_activity: Option<(i64, i64)>,
     /// Open windows.
     pub windows: Windows,
     /// Counters.
     pub counters: TaskCounters,
+    /// Shuffle stage: each upstream source partition's progress, by `<topic>/<partition>`.
+    pub upstreams: BTreeMap<String, UpstreamProgress>,
+}
+
+/// The state as snapshot format version 1 held it.
+#[derive(Deserialize)]
+struct TaskStateV1 {
+    stream_time: Option<i64>,
+    /// The processing time of the last record: dropped, idleness is this process's to measure.
+    #[allow(dead_code)]
+    last_activity: Option<(i64, i64)>,
+    windows: Windows,
+    counters: TaskCounters,
+}
+
+impl From<TaskStateV1> for TaskState {
+    fn from(v1: TaskStateV1) -> Self {
+        TaskState {
+            stream_time: v1.stream_time,
+            windows: v1.windows,
+            counters: v1.counters,
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
+
+/// Since when a caught-up partition has had no record, in this process's processing time, and
+/// its stream time then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdleClock {
+    since_ms: i64,
+    stream_time: Option<i64>,
 }
 
 /// What identifies a task's state for snapshot reuse: records taken, stream time, open
-/// windows.
-pub type Revision = (u64, Option<i64>, usize);
+/// windows, upstream progress.
+pub type Revision = (u64, Option<i64>, usize, i64);
 
 /// One partition's pipeline with its state.
 pub struct Task {
     pipeline: Arc<CompiledPipeline>,
     state: TaskState,
+    /// Running while the partition is caught up and no record arrived; never restored.
+    idle: Option<IdleClock>,
+    /// Shuffle stage: the upstream source partitions whose progress bounds the stream time.
+    expected_upstreams: Option<Arc<[String]>>,
     row: Vec<Option<Value>>,
     scratch: Vec<Option<Value>>,
     args: Vec<Option<Value>>,
@@ -394,6 +471,8 @@ impl Task {
         Task {
             pipeline,
             state,
+            idle: None,
+            expected_upstreams: None,
             row: Vec::new(),
             scratch: Vec::new(),
             args: Vec::new(),
@@ -401,11 +480,23 @@ impl Task {
         }
     }
 
-    /// Restores a task from [`Task::snapshot`] bytes.
+    /// Restores a task from [`Task::snapshot`] bytes (this format or version 1). The restored
+    /// task has no idle clock: it is not idle until the runtime sees it caught up again.
     pub fn restore(pipeline: Arc<CompiledPipeline>, bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let mut state: TaskState = snapshot::decode(bytes)?;
+        let (version, body) = snapshot::open(bytes)?;
+        let mut state: TaskState = match version {
+            1 => snapshot::decode_body::<TaskStateV1>(&body)?.into(),
+            _ => snapshot::decode_body(&body)?,
+        };
         state.windows.rebuild();
         Ok(Self::with_state(pipeline, state))
+    }
+
+    /// Makes this a shuffle-stage task whose stream time is bounded by the progress of
+    /// `upstreams` (`<topic>/<partition>` of every source partition of the job).
+    pub fn with_upstreams(mut self, upstreams: Arc<[String]>) -> Self {
+        self.expected_upstreams = Some(upstreams);
+        self
     }
 
     /// The task's state as compact bytes.
@@ -421,7 +512,10 @@ impl Task {
     /// Whether the task holds state a restore needs: open windows, or the stream time that
     /// decides which records are late. Stateless pipelines never need a snapshot.
     pub fn needs_snapshot(&self) -> bool {
-        self.pipeline.window.is_some() && self.state.stream_time.is_some()
+        self.pipeline.window.is_some()
+            && (self.state.stream_time.is_some()
+                || !self.state.windows.is_empty()
+                || !self.state.upstreams.is_empty())
     }
 
     /// Changes whenever the snapshot would: records taken, stream time, windows open. Lets the
@@ -431,6 +525,11 @@ impl Task {
             self.state.counters.records_in,
             self.state.stream_time,
             self.state.windows.len(),
+            self.state
+                .upstreams
+                .values()
+                .filter_map(|u| u.stream_time)
+                .sum(),
         )
     }
 
@@ -439,10 +538,11 @@ impl Task {
         self.state.windows.size_bytes()
     }
 
-    /// Processes one record at processing time `now_ms`.
-    pub fn process(&mut self, record: &InputRecord<'_>, now_ms: i64, out: &mut Output) {
+    /// Processes one record.
+    pub fn process(&mut self, record: &InputRecord<'_>, out: &mut Output) {
         self.state.counters.records_in += 1;
-        if let Err((reason, step, message)) = self.process_inner(record, now_ms, out) {
+        self.idle = None;
+        if let Err((reason, step, message)) = self.process_inner(record, out) {
             let i = DeadLetterReason::ALL
                 .iter()
                 .position(|r| *r == reason)
@@ -462,7 +562,6 @@ impl Task {
     fn process_inner(
         &mut self,
         record: &InputRecord<'_>,
-        now_ms: i64,
         out: &mut Output,
     ) -> Result<(), (DeadLetterReason, Arc<str>, String)> {
         let p = Arc::clone(&self.pipeline);
@@ -488,13 +587,17 @@ impl Task {
             }
         }
         let ts = self.event_time(record)?;
-        let stream_time = self.state.stream_time.map_or(ts, |s| s.max(ts));
         let watermark_before = self
             .state
             .stream_time
             .map_or(i64::MIN, |s| s.saturating_sub(p.grace));
-        self.state.stream_time = Some(stream_time);
-        self.state.last_activity = Some((now_ms, stream_time));
+        if let Some(upstream) = &record.upstream {
+            self.hear(upstream);
+        }
+        self.state.stream_time = match self.expected_upstreams {
+            Some(_) => self.state.stream_time.max(self.upstream_time()),
+            None => Some(self.state.stream_time.map_or(ts, |s| s.max(ts))),
+        };
 
         let emitted = run_ops(&p.before, &mut self.row, &mut self.scratch)?;
         if emitted {
@@ -607,21 +710,87 @@ impl Task {
         }
     }
 
-    /// Advances stream time with processing time when no record arrived for `idleTimeout`, so
-    /// that an idle partition's windows still fire.
+    /// The runtime saw the partition caught up (its consumer at the partition's end) at
+    /// processing time `now_ms`: starts the idle clock unless it runs already.
+    pub fn caught_up(&mut self, now_ms: i64) {
+        if self.idle.is_none() {
+            self.idle = Some(IdleClock {
+                since_ms: now_ms,
+                stream_time: self.state.stream_time,
+            });
+        }
+    }
+
+    /// Whether the partition has been caught up, with no record, for `idleTimeout`.
+    pub fn is_idle(&self, now_ms: i64) -> bool {
+        self.idle
+            .is_some_and(|c| now_ms.saturating_sub(c.since_ms) >= self.pipeline.idle_timeout)
+    }
+
+    /// Whether the idle clock runs: the partition was seen caught up and no record came since.
+    pub fn is_caught_up(&self) -> bool {
+        self.idle.is_some()
+    }
+
+    /// Once the partition is idle, advances a source task's stream time with processing time
+    /// since it was caught up, so that its windows still fire. Does nothing for a partition
+    /// that is not idle, nor for the shuffle stage (its upstreams' progress moves it).
     pub fn on_idle(&mut self, now_ms: i64, out: &mut Output) {
-        let Some((last_ms, stream_then)) = self.state.last_activity else {
-            return;
-        };
-        let idle = now_ms.saturating_sub(last_ms);
-        if idle < self.pipeline.idle_timeout {
+        if self.expected_upstreams.is_some() || !self.is_idle(now_ms) {
             return;
         }
-        let advanced = stream_then.saturating_add(idle);
+        let Some(IdleClock {
+            since_ms,
+            stream_time: Some(then),
+        }) = self.idle
+        else {
+            return;
+        };
+        let advanced = then.saturating_add(now_ms.saturating_sub(since_ms));
         if self.state.stream_time.is_none_or(|s| s < advanced) {
             self.state.stream_time = Some(advanced);
             self.fire(out);
         }
+    }
+
+    /// Shuffle stage: an upstream's progress arrived without a record (its periodic
+    /// broadcast). Moves the stream time and fires what it closes.
+    pub fn observe(&mut self, upstream: &Upstream<'_>, out: &mut Output) {
+        self.hear(upstream);
+        if self.expected_upstreams.is_some() {
+            let moved = self.state.stream_time.max(self.upstream_time());
+            if moved != self.state.stream_time {
+                self.state.stream_time = moved;
+                self.fire(out);
+            }
+        }
+    }
+
+    fn hear(&mut self, upstream: &Upstream<'_>) {
+        let progress = self
+            .state
+            .upstreams
+            .entry(upstream.id.to_owned())
+            .or_default();
+        progress.stream_time = progress.stream_time.max(upstream.stream_time);
+        progress.idle = upstream.idle;
+    }
+
+    /// The minimum progress over the expected upstreams that are not idle (the largest of the
+    /// idle ones when all are); `None` while one has not reported or has no stream time.
+    fn upstream_time(&self) -> Option<i64> {
+        let expected = self.expected_upstreams.as_deref()?;
+        let (mut active, mut idle) = (None::<i64>, None::<i64>);
+        for id in expected {
+            let progress = self.state.upstreams.get(id)?;
+            if progress.idle {
+                idle = idle.max(progress.stream_time);
+            } else {
+                let t = progress.stream_time?;
+                active = Some(active.map_or(t, |a| a.min(t)));
+            }
+        }
+        active.or(idle)
     }
 
     /// Fires every open window (end of a bounded input).

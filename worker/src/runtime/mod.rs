@@ -13,6 +13,8 @@
 //! - [`restore`](self::restore): tasks rebuilt from committed offsets, snapshots or a savepoint;
 //! - [`checkpoint`](self::checkpoint): snapshots written and offsets committed with the output;
 //! - [`output`](self::output): results and dead letters produced into the transaction;
+//! - [`progress`](self::progress): event time across partitions — caught-up partitions, idle
+//!   ones, and the source stage's progress reports to the shuffle stage;
 //! - [`recovery`](self::recovery): the error policy after a failed checkpoint;
 //! - [`savepoint`](self::savepoint): savepoints written and read;
 //! - [`status`](self::status): what the worker publishes for the admin API;
@@ -24,6 +26,7 @@ mod checkpoint;
 pub mod control;
 mod error;
 mod output;
+mod progress;
 mod recovery;
 mod restore;
 mod savepoint;
@@ -66,8 +69,12 @@ pub struct WorkerConfig {
 
 struct Slot {
     task: Task,
+    /// `<topic>/<partition>`: how the shuffle stage names this partition when it is a source.
+    upstream_id: String,
     /// Next offset to consume; `None` until known.
     position: Option<i64>,
+    /// When this process last took a record from the partition.
+    last_record: Instant,
     /// Snapshots named by this partition's committed checkpoints, oldest first.
     committed_snapshots: VecDeque<String>,
     /// The snapshot written for the checkpoint in flight.
@@ -119,6 +126,12 @@ pub struct Worker {
     exported: Exported,
     /// Where events are counted: the admin API's metrics once [`Worker::run`] has control.
     metrics: Arc<Metrics>,
+    /// The shuffle topic's partitions, to each of which source tasks report their progress.
+    shuffle_partitions: Vec<i32>,
+    /// Every source partition of the job, `<topic>/<partition>`: the shuffle stage's upstreams.
+    upstreams: Arc<[String]>,
+    /// When event-time progress was last looked after ([`progress`](self::progress)).
+    last_progress: Instant,
     /// The last transient failure, until a checkpoint succeeds again.
     last_error: Option<String>,
     /// The open transaction failed and must be aborted before going on.

@@ -11,12 +11,12 @@ use oxbow_crds::jobfile::JobFile;
 use rdkafka::{
     ClientContext, Message,
     error::{KafkaError, RDKafkaErrorCode},
-    message::{Header, OwnedHeaders},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer},
 };
 
 use super::{RuntimeError, error::kafka};
-use crate::engine::Output;
+use crate::engine::{Output, Upstream};
 
 /// Counts failed deliveries so that a checkpoint never commits over lost output.
 #[derive(Debug, Default)]
@@ -55,6 +55,7 @@ pub(super) fn destination<'a>(
         _ => job.spec.sink.topic.as_str(),
     };
     Destination {
+        upstream: None,
         results,
         shuffle: shuffle.is_some_and(|s| s != topic),
         dead_letters: job.spec.dead_letter.as_ref().map(|d| d.topic.as_str()),
@@ -64,25 +65,95 @@ pub(super) fn destination<'a>(
 /// The header carrying a shuffled record's event time (8 bytes, big-endian epoch ms). The Kafka
 /// timestamp would do only until a broker or topic uses `LogAppendTime`.
 const EVENT_TIME_HEADER: &str = "oxbow.event-time";
+/// The source partition that wrote a shuffled record or progress report (`<topic>/<partition>`).
+const UPSTREAM_HEADER: &str = "oxbow.upstream";
+/// That source partition's stream time when it wrote (8 bytes, big-endian epoch ms); absent
+/// while it has none.
+const STREAM_TIME_HEADER: &str = "oxbow.stream-time";
+/// Only on progress reports (no value): `1` when the source partition is idle, else `0`.
+const IDLE_HEADER: &str = "oxbow.idle";
 
-/// The event time the source stage wrote with a shuffled record.
-pub(super) fn shuffled_event_time(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {
-    use rdkafka::message::Headers;
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == EVENT_TIME_HEADER)
-        .and_then(|h| <[u8; 8]>::try_from(h.value?).ok())
-        .map(i64::from_be_bytes)
-        .or_else(|| message.timestamp().to_millis())
+/// What a record of the shuffle topic carries in its headers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ShuffleHeaders<'a> {
+    /// The event time of a shuffled record (its Kafka timestamp when the header is missing).
+    pub event_time: Option<i64>,
+    /// The progress of the source partition that wrote it.
+    pub upstream: Option<Upstream<'a>>,
+    /// A progress report, not a record: nothing to process.
+    pub progress_only: bool,
+}
+
+/// Reads the headers the source stage writes on the shuffle topic.
+pub(super) fn shuffle_headers<'a>(message: &'a BorrowedMessage<'_>) -> ShuffleHeaders<'a> {
+    let (mut event_time, mut id, mut stream_time, mut idle) = (None, None, None, None);
+    let be_i64 = |v: Option<&[u8]>| {
+        v.and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map(i64::from_be_bytes)
+    };
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            match h.key {
+                EVENT_TIME_HEADER => event_time = be_i64(h.value),
+                STREAM_TIME_HEADER => stream_time = be_i64(h.value),
+                UPSTREAM_HEADER => id = h.value.and_then(|v| std::str::from_utf8(v).ok()),
+                IDLE_HEADER => idle = Some(h.value == Some(b"1")),
+                _ => {}
+            }
+        }
+    }
+    ShuffleHeaders {
+        event_time: event_time.or_else(|| message.timestamp().to_millis()),
+        upstream: id.map(|id| Upstream {
+            id,
+            stream_time,
+            idle: idle.unwrap_or(false),
+        }),
+        progress_only: idle.is_some(),
+    }
+}
+
+/// Writes `upstream`'s progress to every partition of the shuffle topic, so that each shuffle
+/// task hears of it even when no record of that source partition's keys goes its way.
+pub(super) fn send_progress(
+    producer: &ThreadedProducer<DeliveryTracker>,
+    topic: &str,
+    partitions: &[i32],
+    upstream: &Upstream<'_>,
+) -> Result<(), RuntimeError> {
+    let stream_time = upstream.stream_time.map(i64::to_be_bytes);
+    for &partition in partitions {
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: UPSTREAM_HEADER,
+                value: Some(upstream.id),
+            })
+            .insert(Header {
+                key: IDLE_HEADER,
+                value: Some(if upstream.idle { "1" } else { "0" }),
+            });
+        if let Some(t) = &stream_time {
+            headers = headers.insert(Header {
+                key: STREAM_TIME_HEADER,
+                value: Some(&t[..]),
+            });
+        }
+        let record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .headers(headers);
+        send(producer, record)?;
+    }
+    Ok(())
 }
 
 /// The topics a task's output goes to.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Destination<'a> {
+    /// For results to the shuffle topic: the progress of the source partition they come from.
+    pub upstream: Option<Upstream<'a>>,
     results: &'a str,
     /// Results go to the shuffle topic.
-    shuffle: bool,
+    pub shuffle: bool,
     dead_letters: Option<&'a str>,
 }
 
@@ -98,10 +169,27 @@ pub(super) fn send_output(
             .timestamp(record.timestamp_ms);
         if to.shuffle {
             let event_time = record.timestamp_ms.to_be_bytes();
-            r = r.headers(OwnedHeaders::new().insert(Header {
+            let mut headers = OwnedHeaders::new().insert(Header {
                 key: EVENT_TIME_HEADER,
                 value: Some(&event_time[..]),
-            }));
+            });
+            let stream_time = to
+                .upstream
+                .and_then(|u| u.stream_time)
+                .map(i64::to_be_bytes);
+            if let Some(upstream) = &to.upstream {
+                headers = headers.insert(Header {
+                    key: UPSTREAM_HEADER,
+                    value: Some(upstream.id),
+                });
+            }
+            if let Some(t) = &stream_time {
+                headers = headers.insert(Header {
+                    key: STREAM_TIME_HEADER,
+                    value: Some(&t[..]),
+                });
+            }
+            r = r.headers(headers);
         }
         if let Some(key) = &record.key {
             r = r.key(key);

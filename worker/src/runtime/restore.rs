@@ -1,7 +1,7 @@
 //! Restore: rebuild every task from the committed offsets and the snapshots they name (or from
 //! the savepoint the job file names), and seek the consumer there.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc, time::Instant};
 
 use oxbow_crds::{checkpoint::OffsetMetadata, jobfile::Restore, streamjob::StartingOffsets};
 use rdkafka::{Offset, TopicPartitionList, consumer::Consumer};
@@ -74,10 +74,21 @@ impl Worker {
                 }
                 (None, None) => (Task::new(self.pipeline_for(&topic)), None),
             };
-            let offset = position.map_or(self.starting_offset(&topic), Offset::Offset);
+            // Resolved once and committed with the first checkpoint: a restart never resolves
+            // `latest` again (and skips what arrived meanwhile).
+            let position = match position {
+                Some(offset) => offset,
+                None => self.starting_offset(&topic, partition)?,
+            };
+            let task = if self.is_shuffle(&topic) {
+                task.with_upstreams(Arc::clone(&self.upstreams))
+            } else {
+                task
+            };
             assignment
-                .add_partition_offset(&topic, partition, offset)
+                .add_partition_offset(&topic, partition, Offset::Offset(position))
                 .map_err(kafka("build the assignment"))?;
+            let upstream_id = format!("{topic}/{partition}");
             // Metrics count what this process does, not what the restored state had counted.
             let counters = &task.state().counters;
             let exported = (counters.records_in, counters.records_out);
@@ -85,7 +96,9 @@ impl Worker {
                 (topic, partition),
                 Slot {
                     task,
-                    position,
+                    upstream_id,
+                    position: Some(position),
+                    last_record: Instant::now(),
                     committed_snapshots,
                     pending_snapshot: None,
                     exported,
@@ -111,16 +124,19 @@ impl Worker {
         self.shuffle_topic.as_deref() == Some(topic)
     }
 
-    /// Where a partition without committed offsets starts: the shuffle topic from its
-    /// beginning (everything in it is this job's own committed output), source topics per
-    /// `startingOffsets`.
-    fn starting_offset(&self, topic: &str) -> Offset {
-        if self.is_shuffle(topic) {
-            return Offset::Beginning;
-        }
-        match self.config.job.spec.source.starting_offsets {
-            StartingOffsets::Earliest => Offset::Beginning,
-            StartingOffsets::Latest => Offset::End,
-        }
+    /// Where a partition without committed offsets starts, as an offset read from the broker
+    /// now: the shuffle topic from its beginning (everything in it is this job's own committed
+    /// output), source topics per `startingOffsets` — `latest` is the end that
+    /// `read_committed` consumers see.
+    fn starting_offset(&self, topic: &str, partition: i32) -> Result<i64, RuntimeError> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, self.config.kafka_timeout)
+            .map_err(kafka(
+                "read where a partition without committed offsets starts",
+            ))?;
+        let earliest = self.is_shuffle(topic)
+            || self.config.job.spec.source.starting_offsets == StartingOffsets::Earliest;
+        Ok(if earliest { low } else { high })
     }
 }

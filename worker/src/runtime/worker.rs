@@ -28,13 +28,13 @@ use super::{
     control::Command,
     error::kafka,
     now_ms,
-    output::{DeliveryTracker, destination, send_output, shuffled_event_time},
+    output::{DeliveryTracker, destination, send_output, shuffle_headers},
     recovery::Backoff,
     security, worker_state,
 };
 use crate::{
     checkpoint::store::{CheckpointStore, StoreError},
-    engine::{InputRecord, Output, stages::Stages},
+    engine::{InputRecord, Output, Upstream, stages::Stages},
     events::{
         BrokerConnectionLost, ConsumerError, Emit, Recovered, StoppedWithSavepoint, WentBack,
     },
@@ -117,6 +117,15 @@ impl Worker {
             io.block_on(store.probe())?;
         }
         let writer = format!("w{}-{:x}", config.ordinal, now_ms());
+        let (mut shuffle_partitions, mut upstreams) = (Vec::new(), Vec::new());
+        for tp in job.assignment.owners().into_keys() {
+            if shuffle_topic.as_ref() == Some(&tp.topic) {
+                shuffle_partitions.push(tp.partition);
+            } else {
+                upstreams.push(format!("{}/{}", tp.topic, tp.partition));
+            }
+        }
+        let upstreams = upstreams.into();
         let mut worker = Worker {
             config,
             spec,
@@ -135,6 +144,9 @@ impl Worker {
             last_report: None,
             exported: Exported::default(),
             metrics: Arc::new(Metrics::default()),
+            shuffle_partitions,
+            upstreams,
+            last_progress: Instant::now(),
             last_error: None,
             needs_abort: false,
         };
@@ -296,36 +308,49 @@ impl Worker {
     pub fn poll_once(&mut self, timeout: Duration) -> Result<(), RuntimeError> {
         let now = now_ms();
         match self.consumer.poll(timeout) {
+            // One consumed record (or, on the shuffle topic, an upstream's progress report),
+            // its output produced into the open transaction.
             Some(Ok(message)) => {
-                let key = (message.topic().to_owned(), message.partition());
-                if let Some(slot) = self.slots.get_mut(&key) {
-                    let timestamp_ms = match &self.shuffle_topic {
-                        Some(shuffle) if *shuffle == key.0 => shuffled_event_time(&message),
-                        _ => message.timestamp().to_millis(),
-                    };
-                    let record = InputRecord {
-                        key: message.key(),
-                        value: message.payload(),
-                        timestamp_ms,
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    };
-                    slot.task.process(&record, now, &mut self.output);
-                    slot.position = Some(message.offset() + 1);
-                    let to = destination(&self.config.job, self.shuffle_topic.as_deref(), &key.0);
-                    send_output(&self.producer, to, &mut self.output)?;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                let topics: Vec<(String, i32)> = self.slots.keys().cloned().collect();
-                for key in topics {
-                    if let Some(slot) = self.slots.get_mut(&key) {
-                        slot.task.on_idle(now, &mut self.output);
+                let topic = message.topic();
+                let Some(slot) = self.slots.get_mut(&(topic.to_owned(), message.partition()))
+                else {
+                    return self.look_after_progress(now);
+                };
+                slot.position = Some(message.offset() + 1);
+                slot.last_record = Instant::now();
+                let mut to = destination(&self.config.job, self.shuffle_topic.as_deref(), topic);
+                let (timestamp_ms, upstream) = if self.shuffle_topic.as_deref() == Some(topic) {
+                    let headers = shuffle_headers(&message);
+                    if headers.progress_only {
+                        if let Some(upstream) = &headers.upstream {
+                            slot.task.observe(upstream, &mut self.output);
+                        }
+                        send_output(&self.producer, to, &mut self.output)?;
+                        return self.look_after_progress(now);
                     }
-                    let to = destination(&self.config.job, self.shuffle_topic.as_deref(), &key.0);
-                    send_output(&self.producer, to, &mut self.output)?;
+                    (headers.event_time, headers.upstream)
+                } else {
+                    (message.timestamp().to_millis(), None)
+                };
+                let record = InputRecord {
+                    key: message.key(),
+                    value: message.payload(),
+                    timestamp_ms,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    upstream,
+                };
+                slot.task.process(&record, &mut self.output);
+                if to.shuffle {
+                    to.upstream = Some(Upstream {
+                        id: &slot.upstream_id,
+                        stream_time: slot.task.state().stream_time,
+                        idle: false,
+                    });
                 }
+                send_output(&self.producer, to, &mut self.output)?;
             }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => self.advance_idle(now)?,
             Some(Err(
                 error @ KafkaError::MessageConsumption(
                     RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
@@ -333,7 +358,7 @@ impl Worker {
             )) => BrokerConnectionLost { error: &error }.emit(&self.metrics),
             Some(Err(error)) => ConsumerError { error: &error }.emit(&self.metrics),
         }
-        Ok(())
+        self.look_after_progress(now)
     }
 
     /// The tasks' counters, summed.
