@@ -18,7 +18,7 @@ components=()
 [[ -n "${OXBOW_TEST_BOOTSTRAP:-}" ]] || components+=(kafka)
 [[ -n "${OXBOW_TEST_S3_ENDPOINT:-}" ]] || components+=(s3)
 
-# helm and checkov: the chart and install-file tests (tests/tests/install_chart.rs).
+# helm and checkov: the chart and install-file tests (tests/tests/install_chart_*.rs).
 bash tests/env/install.sh build helm checkov "${components[@]}"
 if [[ ${#components[@]} -gt 0 ]]; then
   exports="$(bash tests/env/up.sh --watch-pid $$ "${components[@]}")"
