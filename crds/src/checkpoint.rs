@@ -140,40 +140,59 @@ pub struct PartitionSnapshot {
     pub size_bytes: u64,
 }
 
-/// The metadata committed with each partition's offset: the assignment generation that
-/// committed it, and which snapshot goes with it.
+/// The metadata committed with each partition's offset: the assignment generation and the
+/// restore request of the committing worker, and which snapshot goes with it.
 ///
-/// The generation tells a worker restoring from a savepoint whether the committed offsets are
-/// newer than the savepoint (committed by its own generation, after a restart) or older.
+/// The restore request tells a starting worker whether the committed offsets are its own
+/// request's progress (a restart: continue from them) or older (honour the request: restore as
+/// the job file says). Metadata of format 1 carries no request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetMetadata {
     /// Assignment generation of the committing worker.
     pub generation: i64,
+    /// The job file's [`restore_request`](crate::jobfile::JobFile::restore_request) the
+    /// committing worker ran under; `None` in format 1 and for job files without one.
+    pub restore_request: Option<String>,
     /// Key (relative to the job root) of the snapshot holding the state at this offset;
     /// `None` when the task's state was empty.
     pub snapshot: Option<String>,
 }
 
-const METADATA_PREFIX: &str = "oxbow1:g";
+const METADATA_PREFIX_V1: &str = "oxbow1:g";
+const METADATA_PREFIX: &str = "oxbow2:g";
 
 impl OffsetMetadata {
-    /// Encodes as `oxbow1:g<generation>:<key>` (the key empty for empty state).
+    /// Encodes as `oxbow2:g<generation>:r<request>:<key>` (request and key empty when absent),
+    /// or in format 1, `oxbow1:g<generation>:<key>`, without a request.
     pub fn encode(&self) -> String {
-        format!(
-            "{METADATA_PREFIX}{}:{}",
-            self.generation,
-            self.snapshot.as_deref().unwrap_or("")
-        )
+        let key = self.snapshot.as_deref().unwrap_or("");
+        match &self.restore_request {
+            Some(request) => format!("{METADATA_PREFIX}{}:r{request}:{key}", self.generation),
+            None => format!("{METADATA_PREFIX_V1}{}:{key}", self.generation),
+        }
     }
 
-    /// Decodes metadata written by [`OffsetMetadata::encode`]. Metadata written by another
-    /// client (or none) is an error, so that a group shared by mistake is noticed.
+    /// Decodes metadata written by [`OffsetMetadata::encode`] (either format). Metadata written
+    /// by another client (or none) is an error, so that a group shared by mistake is noticed.
     pub fn decode(metadata: &str) -> Result<Self, ForeignMetadata> {
         let foreign = || ForeignMetadata(metadata.to_owned());
-        let rest = metadata.strip_prefix(METADATA_PREFIX).ok_or_else(foreign)?;
-        let (generation, key) = rest.split_once(':').ok_or_else(foreign)?;
+        let (rest, restore_request) = match metadata.strip_prefix(METADATA_PREFIX) {
+            Some(rest) => {
+                let (generation, rest) = rest.split_once(":r").ok_or_else(foreign)?;
+                let (request, key) = rest.split_once(':').ok_or_else(foreign)?;
+                ((generation, key), Some(request.to_owned()))
+            }
+            None => {
+                let rest = metadata
+                    .strip_prefix(METADATA_PREFIX_V1)
+                    .ok_or_else(foreign)?;
+                (rest.split_once(':').ok_or_else(foreign)?, None)
+            }
+        };
+        let (generation, key) = rest;
         Ok(OffsetMetadata {
             generation: generation.parse().map_err(|_| foreign())?,
+            restore_request,
             snapshot: (!key.is_empty()).then(|| key.to_owned()),
         })
     }
@@ -243,9 +262,19 @@ mod tests {
             OffsetMetadata::decode("oxbow1:g3:"),
             Ok(OffsetMetadata {
                 generation: 3,
+                restore_request: None,
                 snapshot: None
             })
         );
+        assert_eq!(
+            OffsetMetadata::decode("oxbow2:g3:r:k"),
+            Ok(OffsetMetadata {
+                generation: 3,
+                restore_request: Some(String::new()),
+                snapshot: Some("k".into())
+            })
+        );
+        assert!(OffsetMetadata::decode("oxbow2:g3:k").is_err());
         assert!(OffsetMetadata::decode("").is_err());
         assert!(OffsetMetadata::decode("oxbow1:gx:key").is_err());
         assert!(
@@ -263,10 +292,15 @@ mod tests {
             partition in 0i32..100_000,
             checkpoint_id: u64,
             writer in "[a-z0-9]{1,20}",
+            restore_request in proptest::option::of("[0-9a-f]{16}"),
         ) {
             let key = SnapshotKey { topic, partition, checkpoint_id, writer };
             prop_assert_eq!(SnapshotKey::parse(&key.key()), Some(key.clone()));
-            let metadata = OffsetMetadata { generation: i64::MAX, snapshot: Some(key.key()) };
+            let metadata = OffsetMetadata {
+                generation: i64::MAX,
+                restore_request,
+                snapshot: Some(key.key()),
+            };
             let encoded = metadata.encode();
             prop_assert!(encoded.len() < MAX_OFFSET_METADATA_BYTES);
             prop_assert_eq!(OffsetMetadata::decode(&encoded), Ok(metadata));

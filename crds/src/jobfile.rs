@@ -36,6 +36,14 @@ pub struct JobFile {
     /// Where the workers restore state from when they start.
     #[serde(default)]
     pub restore: Restore,
+    /// Identifies the restore this file requests; the operator writes a new one for every
+    /// requested restore (an upgrade, a rescale, a resume, a changed `restoreFrom`). A worker
+    /// whose partition's committed offsets record this request continues from them (it is
+    /// restarting); otherwise it restores that partition as [`JobFile::restore`] says, and its
+    /// next checkpoint records the request. Empty in files written before requests existed:
+    /// then a savepoint restore holds until the assignment generation has committed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restore_request: String,
 }
 
 impl JobFile {
@@ -56,7 +64,14 @@ impl JobFile {
             spec,
             assignment,
             restore,
+            restore_request: String::new(),
         }
+    }
+
+    /// The same file requesting the restore `request`.
+    pub fn with_restore_request(mut self, request: impl Into<String>) -> Self {
+        self.restore_request = request.into();
+        self
     }
 
     /// Parses a job file, refusing other format versions.

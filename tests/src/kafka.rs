@@ -15,7 +15,7 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::RDKafkaErrorCode,
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
 };
 
 use crate::{Component, component, windows::Event};
@@ -147,9 +147,14 @@ pub async fn send(
 }
 
 /// Input flowing in the background: a batch of events every 50 ms until stopped.
+///
+/// A transactional flow ([`Flow::transactional`]) commits every 500 ms, as an exactly-once
+/// upstream application does, and can hold its open transaction ([`Flow::hold`]): what it
+/// produces meanwhile is invisible to `read_committed` consumers until released.
 #[derive(Debug)]
 pub struct Flow {
     done: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<anyhow::Result<Vec<Event>>>,
 }
 
@@ -162,13 +167,67 @@ impl Flow {
         batch: i64,
         event: impl Fn(i64) -> (i32, Event) + Send + 'static,
     ) -> Flow {
+        Self::spawn(bootstrap, topic, batch, event, false)
+    }
+
+    /// As [`Flow::start`], with a transactional producer.
+    pub fn transactional(
+        bootstrap: &str,
+        topic: &str,
+        batch: i64,
+        event: impl Fn(i64) -> (i32, Event) + Send + 'static,
+    ) -> Flow {
+        Self::spawn(bootstrap, topic, batch, event, true)
+    }
+
+    /// While `hold` is set, a transactional flow keeps its transaction open.
+    pub fn hold(&self, hold: bool) {
+        self.hold.store(hold, Ordering::Relaxed);
+    }
+
+    fn spawn(
+        bootstrap: &str,
+        topic: &str,
+        batch: i64,
+        event: impl Fn(i64) -> (i32, Event) + Send + 'static,
+        transactional: bool,
+    ) -> Flow {
         let done = Arc::new(AtomicBool::new(false));
-        let (bootstrap, topic, stop) = (bootstrap.to_owned(), topic.to_owned(), done.clone());
+        let hold = Arc::new(AtomicBool::new(false));
+        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+        let (stop, held) = (Arc::clone(&done), Arc::clone(&hold));
         let task = tokio::spawn(async move {
-            let producer = producer(&bootstrap)?;
+            let producer = if transactional {
+                let producer: FutureProducer = config(&bootstrap)
+                    .set("transactional.id", crate::unique_name("oxbow-test-flow"))
+                    .set("transaction.timeout.ms", "300000")
+                    .create()
+                    .context("failed to create a transactional producer")?;
+                tokio::task::block_in_place(|| {
+                    producer.init_transactions(Duration::from_secs(30))?;
+                    producer.begin_transaction()
+                })
+                .context("failed to begin a transaction")?;
+                producer
+            } else {
+                producer(&bootstrap)?
+            };
             let mut events = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
+            let (mut i, mut committed) = (0, std::time::Instant::now());
+            loop {
+                let stopping = stop.load(Ordering::Relaxed);
+                let due = committed.elapsed() >= Duration::from_millis(500);
+                if transactional && (stopping || (due && !held.load(Ordering::Relaxed))) {
+                    tokio::task::block_in_place(|| {
+                        producer.commit_transaction(Duration::from_secs(30))?;
+                        producer.begin_transaction()
+                    })
+                    .context("failed to commit the input's transaction")?;
+                    committed = std::time::Instant::now();
+                }
+                if stopping {
+                    break;
+                }
                 let sent: Vec<(i32, Event)> = (i..i + batch).map(&event).collect();
                 produce(&producer, &topic, sent.iter().copied()).await?;
                 events.extend(sent.into_iter().map(|(_, e)| e));
@@ -178,10 +237,11 @@ impl Flow {
             }
             Ok(events)
         });
-        Flow { done, task }
+        Flow { done, hold, task }
     }
 
-    /// Stops after the batch in flight; every event produced, in order.
+    /// Stops after the batch in flight (committing a transactional flow's last transaction);
+    /// every event produced, in order.
     pub async fn stop(self) -> anyhow::Result<Vec<Event>> {
         self.done.store(true, Ordering::Relaxed);
         self.task.await.context("the producing task failed")?
@@ -242,6 +302,16 @@ pub fn committed_total(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<i64> {
+    Ok(committed(bootstrap, group, topic, partitions)?.iter().sum())
+}
+
+/// The committed offset of `group` on each of `partitions` of `topic` (unset counts as 0).
+pub fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<Vec<i64>> {
     let consumer: BaseConsumer = config(bootstrap)
         .set("group.id", group)
         .create()
@@ -256,9 +326,8 @@ pub fn committed_total(
     Ok(offsets
         .elements()
         .iter()
-        .filter_map(|e| e.offset().to_raw())
-        .filter(|o| *o >= 0)
-        .sum())
+        .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+        .collect())
 }
 
 /// A noida-db broker of one test's own, with its data on disk, so that a test can kill and

@@ -26,6 +26,8 @@ pub struct Window {
     pub partitioned: bool,
     /// Whether it sums `v` as `total` besides counting as `n`.
     pub total: bool,
+    /// `spec.source.eventTime.idleTimeout`, such as `10s`; `None` leaves the CRD's default.
+    pub idle_timeout: Option<&'static str>,
 }
 
 impl Default for Window {
@@ -35,6 +37,7 @@ impl Default for Window {
             grace_seconds: Some(0),
             partitioned: true,
             total: true,
+            idle_timeout: None,
         }
     }
 }
@@ -53,8 +56,11 @@ pub fn job(
     let grace = window
         .grace_seconds
         .map_or(String::new(), |s| format!(", grace: {s}s"));
+    let idle = window
+        .idle_timeout
+        .map_or(String::new(), |t| format!(", idleTimeout: {t}"));
     let mut manifest = Manifest::new(name, bootstrap, input, output, storage)
-        .source(&format!("eventTime: {{field: ts{grace}}}"));
+        .source(&format!("eventTime: {{field: ts{grace}{idle}}}"));
     if window.partitioned {
         manifest = manifest.source("partitionedBy: \"k\"");
     }
@@ -69,12 +75,17 @@ pub fn job(
     ))
 }
 
-/// Every window that closed before `closing`, sorted.
+/// Every 1 s window that closed before `closing`, sorted.
 pub fn expected(events: &[Event], closing: i64) -> Vec<Row> {
+    expected_windows(events, closing, 1000)
+}
+
+/// Every tumbling window of `size_ms` that closed before `closing`, sorted.
+pub fn expected_windows(events: &[Event], closing: i64, size_ms: i64) -> Vec<Row> {
     let mut want: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
     for (k, v, ts) in events {
         if *ts < closing {
-            let w = want.entry((*k, ts - ts.rem_euclid(1000))).or_default();
+            let w = want.entry((*k, ts - ts.rem_euclid(size_ms))).or_default();
             w.0 += 1;
             w.1 += v;
         }
@@ -162,11 +173,16 @@ mod tests {
             grace_seconds: None,
             partitioned: false,
             total: false,
+            idle_timeout: Some("10s"),
         };
         let spec = job("counts", "kafka:9092", "in", "out", "file:///c", &window)
             .job_spec()
             .unwrap();
         assert_eq!(spec.source.partitioned_by, None);
+        assert_eq!(
+            spec.source.event_time.unwrap().idle_timeout.to_string(),
+            "10s"
+        );
         let aggregate = spec.pipeline[1].aggregate.clone().unwrap();
         assert_eq!(aggregate.keys().collect::<Vec<_>>(), ["n"]);
     }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 use oxbow_crds::{
     StreamJobSpec,
-    admin::WorkerStatus,
+    admin::{SAVEPOINTS_PATH, SavepointResult, SavepointState, WorkerStatus},
     assignment::assign,
     jobfile::{JobFile, Restore},
 };
@@ -96,10 +96,10 @@ impl WorkerProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// `GET /v1/status`, or `None` while the API does not answer.
-    pub async fn status(&self) -> Option<WorkerStatus> {
+    /// `GET path` of the `/v1` API as JSON, or `None` while it does not answer.
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         self.http
-            .get(self.url("/v1/status"))
+            .get(self.url(path))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -107,6 +107,56 @@ impl WorkerProcess {
             .json()
             .await
             .ok()
+    }
+
+    /// `GET /v1/status`, or `None` while the API does not answer.
+    pub async fn status(&self) -> Option<WorkerStatus> {
+        self.get("/v1/status").await
+    }
+
+    /// `POST /v1/savepoints` for the savepoint `id` (with `stop`, the worker processes nothing
+    /// more); the answer's HTTP status.
+    pub async fn request_savepoint(&self, id: &str, stop: bool) -> anyhow::Result<u16> {
+        let answer = self
+            .http
+            .post(self.url(SAVEPOINTS_PATH))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"id": id, "stop": stop}))
+            .send()
+            .await
+            .context("failed to request a savepoint")?;
+        Ok(answer.status().as_u16())
+    }
+
+    /// Waits up to a minute for the savepoint `id` to complete or fail.
+    pub async fn savepoint_result(&self, id: &str) -> anyhow::Result<SavepointResult> {
+        let path = format!("{SAVEPOINTS_PATH}/{id}");
+        let minute = std::time::Duration::from_secs(60);
+        crate::eventually("the savepoint", minute, async || {
+            let result: SavepointResult = self.get(&path).await?;
+            (result.state != SavepointState::InProgress).then_some(result)
+        })
+        .await
+    }
+
+    /// Takes the savepoint `id` and waits for its result.
+    pub async fn savepoint(&self, id: &str, stop: bool) -> anyhow::Result<SavepointResult> {
+        let status = self.request_savepoint(id, stop).await?;
+        anyhow::ensure!(status == 202, "the savepoint request was refused: {status}");
+        self.savepoint_result(id).await
+    }
+
+    /// Waits up to a minute for `/readyz` to answer 200: restored and processing.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        crate::eventually(
+            "the worker to be ready",
+            std::time::Duration::from_secs(60),
+            async || {
+                let response = self.http.get(self.url("/readyz")).send().await.ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await
     }
 
     /// `GET /metrics`, or `None` while the API does not answer.
@@ -188,6 +238,52 @@ pub fn job_file(name: &str, spec: StreamJobSpec, topics: &[(&str, i32)], workers
         assign(&topics, workers, None),
         Restore::LatestCheckpoint,
     )
+}
+
+/// Waits up to two minutes until `done` says the workers have caught up, failing at once if one
+/// exited. On timeout it only reports — what `diagnose` says and every worker's status and
+/// metrics — and returns, so that the caller's comparison shows what is missing.
+pub async fn catch_up(
+    workers: &[WorkerProcess],
+    mut done: impl AsyncFnMut() -> bool,
+    mut diagnose: impl AsyncFnMut() -> String,
+) {
+    let caught_up = crate::Wait::new(
+        "the workers to catch up",
+        std::time::Duration::from_secs(120),
+    )
+    .diagnose(async || {
+        let mut report = diagnose().await;
+        for w in workers {
+            report += &format!("\nworker status: {:?}", w.status().await);
+            report += &format!(
+                "\nworker metrics: {}",
+                w.metrics().await.unwrap_or_default()
+            );
+        }
+        report
+    })
+    .until(async || {
+        for (ordinal, w) in workers.iter().enumerate() {
+            assert!(w.is_running(), "worker {ordinal} exited early");
+        }
+        done().await.then_some(())
+    })
+    .await;
+    if let Err(e) = caught_up {
+        eprintln!("{e:#}");
+    }
+}
+
+/// Stops every worker with SIGTERM and checks that each ended cleanly.
+pub fn terminate_all(workers: Vec<WorkerProcess>) {
+    for mut w in workers {
+        let status = w.terminate().unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            status.success(),
+            "SIGTERM ends the worker cleanly: {status}"
+        );
+    }
 }
 
 /// Writes `job` as `oxbow-worker run --job` reads it, to `path`.

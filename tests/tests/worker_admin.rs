@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use oxbow_crds::admin::{SavepointResult, SavepointState, WorkerStatus};
+use oxbow_crds::admin::{SavepointState, WorkerStatus};
 use oxbow_tests::{
     eventually, kafka, now_ms, scratch_dir, unique_name,
     windows::{self, Event, Window},
@@ -97,28 +97,11 @@ async fn the_admin_api_reports_and_stops_the_worker_with_a_savepoint() {
     .unwrap();
 
     // Stop with a savepoint.
-    let accepted = http
-        .post(url("/v1/savepoints"))
-        .bearer_auth(worker::TOKEN)
-        .json(&serde_json::json!({"id": "sp-admin", "stop": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 202);
-    let done: SavepointResult = eventually("the savepoint to complete", minute, async || {
-        let r: SavepointResult = http
-            .get(url("/v1/savepoints/sp-admin"))
-            .bearer_auth(worker::TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (r.state != SavepointState::InProgress).then_some(r)
-    })
-    .await
-    .unwrap();
+    assert_eq!(
+        child.request_savepoint("sp-admin", true).await.unwrap(),
+        202
+    );
+    let done = child.savepoint_result("sp-admin").await.unwrap();
     assert_eq!(done.state, SavepointState::Completed, "{done:?}");
     let manifest = dir.join(format!("test/{name}/savepoints/sp-admin/worker-0.json"));
     assert!(manifest.exists(), "{} is missing", manifest.display());

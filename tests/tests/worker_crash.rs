@@ -9,14 +9,16 @@
 use std::{sync::Arc, time::Duration};
 
 use oxbow_tests::{
-    Wait, kafka, now_ms, scratch_dir, unique_name,
+    kafka, now_ms, scratch_dir, unique_name,
     windows::{self, Window},
     worker::{self, WorkerProcess},
 };
 
 const KEYS: i64 = 6;
 const PARTITIONS: i32 = 2;
-const SHUFFLE_PARTITIONS: i32 = 3;
+/// Two shuffle partitions: then each of the two workers reads an input partition, and a worker
+/// that is down holds back the other's shuffle stage.
+const SHUFFLE_PARTITIONS: i32 = 2;
 
 /// What is crashed.
 struct Scenario {
@@ -30,14 +32,6 @@ struct Scenario {
 }
 
 impl Scenario {
-    /// Event time runs ten times faster than the clock here, and a shuffle partition mixes the
-    /// input partitions: while one worker is down the other moves stream time ahead. The grace
-    /// period covers that, as it would in production; without a shuffle, stream time is per
-    /// input partition and needs none.
-    fn grace_seconds(&self) -> i64 {
-        if self.shuffle { 600 } else { 0 }
-    }
-
     /// The input partition of event `i` with key `key`: the key's own partition, unless the
     /// scenario spreads keys to force a shuffle.
     fn partition_of(&self, i: i64, key: i64) -> i32 {
@@ -83,7 +77,10 @@ fn write_job(bootstrap: &str, scenario: &Scenario) -> Job {
         }
     };
     let window = Window {
-        grace_seconds: Some(scenario.grace_seconds()),
+        // No grace, although event time runs ten times faster than the clock and a shuffle
+        // partition mixes the input partitions: while one worker is down, the other may not
+        // move the shuffle stage's stream time past what the stopped one has sent.
+        grace_seconds: Some(0),
         partitioned: !scenario.shuffle,
         ..Window::default()
     };
@@ -262,7 +259,7 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
 
     // Close every window of every key with one record per key far ahead, then let a last
     // worker catch up and stop it gracefully.
-    let closing = base + 25 * events.len() as i64 + 10_000 + 1000 * scenario.grace_seconds();
+    let closing = base + 25 * events.len() as i64 + 10_000;
     // With a shuffle, every input partition sends a closing record for every key, so that every
     // shuffle partition's stream time passes the last window.
     let closers = if scenario.shuffle { PARTITIONS } else { 1 };
@@ -287,10 +284,10 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
         )
         .map_or(0, |v| v.len())
     };
-    // Wait for the workers to catch up; if they do not, the comparison below shows what is
-    // missing.
-    let caught_up = Wait::new("the workers to catch up", Duration::from_secs(120))
-        .diagnose(async || {
+    worker::catch_up(
+        &workers,
+        async || committed(&bootstrap, &job) >= total && sink_count() >= want.len(),
+        async || {
             let mut report = format!(
                 "{} of {total} input records committed, {} of {} results",
                 committed(&bootstrap, &job),
@@ -308,32 +305,11 @@ async fn kills_lose_and_duplicate_nothing(scenario: Scenario) {
                 let committed = committed.map(|v| v.len());
                 report += &format!("\ncommitted records in the shuffle topic: {committed:?}");
             }
-            for w in &workers {
-                report += &format!("\nworker status: {:?}", w.status().await);
-                report += &format!(
-                    "\nworker metrics: {}",
-                    w.metrics().await.unwrap_or_default()
-                );
-            }
             report
-        })
-        .until(async || {
-            for (ordinal, w) in workers.iter().enumerate() {
-                assert!(w.is_running(), "worker {ordinal} exited early");
-            }
-            (committed(&bootstrap, &job) >= total && sink_count() >= want.len()).then_some(())
-        })
-        .await;
-    if let Err(e) = caught_up {
-        eprintln!("{e:#}");
-    }
-    for mut w in workers {
-        let status = w.terminate().unwrap();
-        assert!(
-            status.success(),
-            "SIGTERM ends the worker cleanly: {status}"
-        );
-    }
+        },
+    )
+    .await;
+    worker::terminate_all(workers);
 
     // Exactly the expected windows, each once.
     let got = windows::results(&bootstrap, &job.output, Duration::from_secs(3)).unwrap();

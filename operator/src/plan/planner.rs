@@ -226,7 +226,10 @@ impl<'a> Planner<'a> {
         };
         self.savepoint_status().observed_trigger_nonce = Some(o.spec.savepoint.trigger_nonce);
         Action::CreateOrUpdateChildren {
-            job_file: Box::new(self.job_file(o.generation, &o.spec, assignment, restore)),
+            job_file: Box::new(
+                self.job_file(o.generation, &o.spec, assignment, restore)
+                    .with_restore_request(restore_request("create", o.generation, &[])),
+            ),
         }
     }
 
@@ -813,18 +816,27 @@ impl<'a> Planner<'a> {
                 };
                 let assignment = self.assignment(&stable.spec, Some(&deployed.assignment))?;
                 let restore = restore(&stable.spec);
-                Ok(self.job_file(op.target_generation, &stable.spec, assignment, restore))
+                // No new restore: each partition the failed generation committed goes on from
+                // its commits (nothing re-produced, nothing lost); the others restore as the
+                // stable spec says.
+                Ok(self
+                    .job_file(op.target_generation, &stable.spec, assignment, restore)
+                    .with_restore_request(deployed.restore_request.clone()))
             }
             OperationType::Suspend => {
                 let (spec, generation) = self.target(deployed);
                 let restore = restore(spec);
-                Ok(self.job_file(generation, spec, deployed.assignment.clone(), restore))
+                Ok(self
+                    .job_file(generation, spec, deployed.assignment.clone(), restore)
+                    .with_restore_request(operation_restore_request(op)))
             }
             _ => {
                 let (spec, generation) = self.target(deployed);
                 let assignment = self.assignment(spec, Some(&deployed.assignment))?;
                 let restore = restore(spec);
-                Ok(self.job_file(generation, spec, assignment, restore))
+                Ok(self
+                    .job_file(generation, spec, assignment, restore)
+                    .with_restore_request(operation_restore_request(op)))
             }
         }
     }
@@ -976,6 +988,27 @@ impl<'a> Planner<'a> {
 
 /// Where a generation restores from when no savepoint is at hand: the latest checkpoint, or
 /// nothing only when the user chose `upgrade.mode: stateless`.
+/// The id of a requested restore: the same at every reconcile of one operation (or of the job's
+/// first deployment), different for the next. Workers record it with their checkpoints, so
+/// that a restarted worker continues from its own commits while a new request restores.
+fn restore_request(what: &str, generation: i64, started_at: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(what.as_bytes());
+    hash.update(generation.to_be_bytes());
+    hash.update(started_at);
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The restore request of an operation, from its type, target generation and start.
+fn operation_restore_request(op: &Operation) -> String {
+    let started_at = serde_json::to_vec(&op.started_at).unwrap_or_default();
+    restore_request(op.type_.as_str(), op.target_generation, &started_at)
+}
+
 fn fallback_restore(spec: &StreamJobSpec) -> Restore {
     match spec.upgrade.mode {
         UpgradeMode::Stateless => Restore::Stateless,

@@ -60,6 +60,12 @@ fn first_deploy_creates_the_children_and_marks_the_spec_stable() {
 #[test]
 fn an_upgrade_stops_with_a_savepoint_fences_rolls_out_and_verifies() {
     let mut w = deployed_world();
+    let first = w.deployed().restore_request.clone();
+    assert_eq!(
+        first.len(),
+        16,
+        "the first deployment requests a restore: {first:?}"
+    );
     w.log.clear();
     w.edit(|s| s.image = Some("worker:2".into()));
     w.settle(&mut never(), 80);
@@ -79,6 +85,10 @@ fn an_upgrade_stops_with_a_savepoint_fences_rolls_out_and_verifies() {
     let last = w.o.status.savepoint.as_ref().unwrap().last.clone().unwrap();
     assert_eq!(last.trigger, SavepointTrigger::Upgrade);
     assert_eq!(d.restore, Restore::Savepoint { path: last.path });
+    assert_ne!(
+        d.restore_request, first,
+        "the upgrade is a new restore request"
+    );
     assert_eq!(w.o.status.operation, None);
     assert_eq!(w.o.status.phase, Some(Phase::Running));
     assert_eq!(w.o.stable.as_ref(), Some(d));
@@ -187,9 +197,26 @@ fn an_unhealthy_generation_is_rolled_back_from_the_same_savepoint_and_not_retrie
     let stable = w.deployed().clone();
     w.bad_image = Some("worker:bad".into());
     w.edit(|s| s.image = Some("worker:bad".into()));
+    let mut failed = None;
+    for _ in 0..200 {
+        w.settle(&mut never(), 1);
+        if w.deployed().spec.image.as_deref() == Some("worker:bad") {
+            failed = Some(w.deployed().restore_request.clone());
+            break;
+        }
+    }
+    let failed = failed.expect("the failed generation was rolled out");
+    assert_ne!(
+        failed, stable.restore_request,
+        "the upgrade is a new request"
+    );
     w.settle(&mut never(), 200);
     let d = w.deployed().clone();
     assert_eq!(d.spec, stable.spec, "back on the stable spec");
+    assert_eq!(
+        d.restore_request, failed,
+        "the rollback keeps the failed generation's request: what it committed stays"
+    );
     assert_eq!(d.spec_generation, 2, "written for the failed generation");
     let upgrade_savepoint = w.o.status.savepoint.as_ref().unwrap().last.clone().unwrap();
     assert_eq!(
@@ -224,10 +251,16 @@ fn suspend_takes_a_savepoint_and_resume_restores_from_it() {
         w.deployed().restore,
         Restore::Savepoint { path: path.clone() }
     );
+    let suspended = w.deployed().restore_request.clone();
     w.edit(|s| s.state = JobState::Running);
     w.settle(&mut never(), 80);
     assert_eq!(w.o.status.phase, Some(Phase::Running));
     assert_eq!(w.deployed().restore, Restore::Savepoint { path });
+    assert_ne!(
+        w.deployed().restore_request,
+        suspended,
+        "a resume is a new request"
+    );
     assert_eq!(w.o.pods.len(), 3);
 }
 

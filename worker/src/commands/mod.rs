@@ -13,7 +13,16 @@ use clap::{Args, Parser, Subcommand};
 /// The Oxbow worker: consumes Kafka, runs a StreamJob's pipeline with checkpointed state and
 /// produces results exactly once.
 #[derive(Debug, Parser)]
-#[command(name = "oxbow-worker", version, propagate_version = true)]
+#[command(
+    name = "oxbow-worker",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  oxbow-worker run                      the worker of a StreamJob's StatefulSet pod
+  oxbow-worker local manifests/examples/fraud-detector.yaml
+  oxbow-worker validate streamjob.yaml
+  oxbow-worker bench pipeline --events 1_000_000"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

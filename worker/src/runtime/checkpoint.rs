@@ -67,8 +67,10 @@ impl Worker {
                 }
                 _ => None,
             };
+            let request = &self.config.job.restore_request;
             let metadata = OffsetMetadata {
                 generation: self.config.job.assignment.generation,
+                restore_request: (!request.is_empty()).then(|| request.clone()),
                 snapshot: metadata,
             };
             offsets

@@ -32,7 +32,7 @@ impl Worker {
             .committed_offsets(wanted, self.config.kafka_timeout)
             .map_err(kafka("read the committed offsets"))?;
         let generation = self.config.job.assignment.generation;
-        let stateless = self.config.job.restore == Restore::Stateless;
+        let request = self.config.job.restore_request.as_str();
         let savepoint = match &self.config.job.restore {
             Restore::Savepoint { path } => Some(self.read_savepoint(path)?),
             _ => None,
@@ -49,13 +49,20 @@ impl Worker {
                 }
                 _ => None,
             };
-            // A savepoint restore holds until this generation commits its own progress; after
-            // a restart of the same generation the committed offsets are newer than the savepoint.
-            let from_savepoint = savepoint.as_ref().filter(|_| {
-                committed
-                    .as_ref()
-                    .is_none_or(|(_, m)| m.generation != generation)
+            // The committed offsets are this request's own progress: the worker is restarting
+            // and continues from them, whatever the request restored from.
+            let own = committed.as_ref().is_some_and(|(_, m)| {
+                if request.is_empty() {
+                    m.generation == generation
+                } else {
+                    m.restore_request.as_deref() == Some(request)
+                }
             });
+            // A stateless request starts empty once; its own checkpoints restore like any.
+            // (A job file without a request has no way to tell: it always starts empty.)
+            let stateless =
+                self.config.job.restore == Restore::Stateless && (!own || request.is_empty());
+            let from_savepoint = savepoint.as_ref().filter(|_| !own);
             let mut committed_snapshots = VecDeque::new();
             let mut last_snapshot = None;
             let (task, position) = match (from_savepoint, committed) {

@@ -1,0 +1,230 @@
+//! Restores that do what the job file asks, against the real broker and real `oxbow-worker run`
+//! processes. Each job file names a restore request; the workers record the request they ran
+//! under with their checkpoints:
+//!
+//! - a new request to restore from a savepoint is honoured on a job of unchanged shape (it
+//!   used to be ignored because the assignment had not changed), and a restart under the same
+//!   request continues from its own commits rather than restoring again;
+//! - a stateless request starts empty once; a restart under it restores its own checkpoints
+//!   (it used to start empty at every restart, losing its open windows).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::PathBuf, time::Duration};
+
+use oxbow_crds::{
+    admin::{SavepointState, WorkerStatus},
+    jobfile::{JobFile, Restore},
+};
+use oxbow_tests::{
+    eventually, kafka, now_ms, scratch_dir, unique_name,
+    windows::{self, Event, Window},
+    worker::{self, WorkerProcess},
+};
+
+struct Job {
+    job: JobFile,
+    file: PathBuf,
+    dir: PathBuf,
+    input: String,
+    output: String,
+}
+
+impl Job {
+    /// The window job on a one-partition input, one worker, under `restore` and `request`.
+    async fn create() -> Job {
+        let bootstrap = kafka::bootstrap();
+        let (input, output) = kafka::source_and_sink(&bootstrap, "restore", 1)
+            .await
+            .unwrap();
+        let dir = scratch_dir("oxbow-restore");
+        let storage = format!("file://{}", dir.join("checkpoints").display());
+        std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+        let name = unique_name("restore");
+        let spec = windows::job(
+            &name,
+            &bootstrap,
+            &input,
+            &output,
+            &storage,
+            &Window::default(),
+        )
+        .checkpoint("interval: 500ms")
+        .job_spec()
+        .unwrap();
+        let job = worker::job_file(&name, spec, &[(&input, 1)], 1).with_restore_request("first");
+        let file = dir.join("job.json");
+        worker::write_job_file(&job, &file).unwrap();
+        Job {
+            job,
+            file,
+            dir,
+            input,
+            output,
+        }
+    }
+
+    /// Writes the job file requesting `restore` as the new request `request`.
+    fn request(&mut self, restore: Restore, request: &str) {
+        self.job.restore = restore;
+        self.job.restore_request = request.to_owned();
+        worker::write_job_file(&self.job, &self.file).unwrap();
+    }
+
+    fn start(&self) -> WorkerProcess {
+        WorkerProcess::start(&self.file, 0, &[]).unwrap()
+    }
+
+    async fn produce(&self, events: &[Event]) {
+        let producer = kafka::producer(&kafka::bootstrap()).unwrap();
+        kafka::produce(&producer, &self.input, events.iter().map(|e| (0, *e)))
+            .await
+            .unwrap();
+    }
+
+    /// The committed position of the job's input partition.
+    fn committed(&self) -> i64 {
+        kafka::committed_total(
+            &kafka::bootstrap(),
+            &self.job.consumer_group(),
+            &self.input,
+            1,
+        )
+        .unwrap()
+    }
+}
+
+/// Waits until `worker` has committed the input up to `position` and reports a checkpoint;
+/// returns its status then.
+async fn committed(job: &Job, worker: &WorkerProcess, position: i64) -> WorkerStatus {
+    eventually(
+        &format!("a checkpoint at offset {position}"),
+        Duration::from_secs(60),
+        async || {
+            let status = worker.status().await?;
+            (job.committed() == position && status.last_checkpoint.is_some()).then_some(status)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Records this worker process has read (its metrics; a restored task's counts not included).
+async fn read_by_this_process(job: &Job, worker: &WorkerProcess) -> Option<u64> {
+    let metrics = worker.metrics().await?;
+    let series = format!(
+        "oxbow_worker_records_in_total{{topic=\"{}\",partition=\"0\"}} ",
+        job.input
+    );
+    Some(
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.trim().parse().unwrap_or(0)),
+    )
+}
+
+/// Events of key 1 at `from + 10 i` ms, `n` of them.
+fn events(from: i64, n: i64) -> Vec<Event> {
+    (0..n).map(|i| (1, i, from + 10 * i)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_restore_request_restores_its_savepoint_and_a_restart_does_not() {
+    let mut job = Job::create().await;
+    let base = now_ms() - now_ms() % 1000;
+    job.produce(&events(base, 20)).await;
+    let worker = job.start();
+    committed(&job, &worker, 20).await;
+    let savepoint = worker.savepoint("sp-1", false).await.unwrap();
+    assert_eq!(savepoint.state, SavepointState::Completed, "{savepoint:?}");
+    job.produce(&events(base + 200, 30)).await;
+    committed(&job, &worker, 50).await;
+    let mut worker = worker;
+    assert!(worker.terminate().unwrap().success());
+
+    // Same job, same assignment: a new request to restore from the savepoint.
+    job.request(
+        Restore::Savepoint {
+            path: savepoint.path.unwrap(),
+        },
+        "second",
+    );
+    let mut worker = job.start();
+    worker.ready().await.unwrap();
+    committed(&job, &worker, 50).await;
+    let read = eventually(
+        "the worker's metrics to count what it read again",
+        Duration::from_secs(30),
+        async || {
+            read_by_this_process(&job, &worker)
+                .await
+                .filter(|n| *n >= 30)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read, 30, "read again from the savepoint's offset 20");
+    assert!(worker.terminate().unwrap().success());
+
+    // A restart under the same request continues from its own commits: nothing is read again.
+    let mut worker = job.start();
+    worker.ready().await.unwrap();
+    let at = committed(&job, &worker, 50)
+        .await
+        .last_checkpoint
+        .unwrap()
+        .id;
+    // Metrics published with a later checkpoint count everything read before it.
+    eventually("a later checkpoint", Duration::from_secs(30), async || {
+        let status = worker.status().await?;
+        status.last_checkpoint.filter(|c| c.id > at)
+    })
+    .await
+    .unwrap();
+    let read = read_by_this_process(&job, &worker).await.unwrap();
+    assert_eq!(read, 0, "a restart read records again");
+    assert!(worker.terminate().unwrap().success());
+    std::fs::remove_dir_all(&job.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_request_starts_empty_once_and_its_restarts_keep_their_windows() {
+    let mut job = Job::create().await;
+    let base = now_ms() - now_ms() % 1000;
+    // Under the first request, 5 records open the window [base, base + 1 s).
+    let before = events(base, 5);
+    job.produce(&before).await;
+    let mut worker = job.start();
+    committed(&job, &worker, 5).await;
+    assert!(worker.terminate().unwrap().success());
+
+    // A stateless upgrade: that open window is dropped, once.
+    job.request(Restore::Stateless, "stateless-upgrade");
+    let first_half = events(base + 1000, 10);
+    job.produce(&first_half).await;
+    let mut worker = job.start();
+    committed(&job, &worker, 15).await;
+    // Killed with the window [base + 1 s, base + 2 s) half full; the restart must keep it.
+    worker.kill();
+    let worker = job.start();
+    let second_half = events(base + 1100, 10);
+    let closing = (1, 0, base + 10_000);
+    job.produce(&second_half).await;
+    job.produce(&[closing]).await;
+    let mut after: Vec<Event> = first_half.clone();
+    after.extend(&second_half);
+    let want = windows::expected(&after, closing.2);
+    eventually("the window's result", Duration::from_secs(60), async || {
+        let got =
+            windows::results(&kafka::bootstrap(), &job.output, Duration::from_millis(500)).ok()?;
+        (!got.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut worker = worker;
+    assert!(worker.terminate().unwrap().success());
+    let got = windows::results(&kafka::bootstrap(), &job.output, Duration::from_secs(2)).unwrap();
+    windows::assert_exactly(&got, &want);
+    std::fs::remove_dir_all(&job.dir).ok();
+}
