@@ -122,6 +122,9 @@ pub struct SavepointManifest {
     pub created_at_ms: i64,
     /// One entry per partition the worker owned.
     pub partitions: Vec<PartitionSnapshot>,
+    /// The shape of the window state in its snapshots (each snapshot also carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_shape: Option<crate::state_shape::StateShape>,
 }
 
 /// A partition's state at a consistent point.
@@ -250,6 +253,7 @@ mod tests {
                 snapshot: Some(savepoint_snapshot_key("sp-1", "in", 2)),
                 size_bytes: 99,
             }],
+            state_shape: None,
         };
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains("\"nextOffset\":1234"), "{json}");

@@ -18,6 +18,7 @@ pub mod jobfile;
 pub mod kafka;
 pub mod names;
 pub mod pipeline;
+pub mod state_shape;
 pub mod streamjob;
 pub mod validation;
 

@@ -284,6 +284,14 @@ impl AggregateFunction {
     ];
 
     /// Whether the function takes an argument.
+    /// The function's name as a spec writes it: `count`, `sum`, `count_distinct`...
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("", |(name, _)| name)
+    }
+
     pub fn takes_argument(self) -> bool {
         self != AggregateFunction::Count
     }

@@ -388,6 +388,7 @@ fn upgrade_fields(c: &mut Change, old: &UpgradeSpec, new: &UpgradeSpec) {
         on_savepoint_failure,
         max_checkpoint_age,
         verify_timeout,
+        discard_incompatible_state,
     } = new;
     c.field("spec.upgrade.mode", &old.mode, mode, Ignorable);
     c.field(
@@ -412,6 +413,12 @@ fn upgrade_fields(c: &mut Change, old: &UpgradeSpec, new: &UpgradeSpec) {
         "spec.upgrade.verifyTimeout",
         &old.verify_timeout,
         verify_timeout,
+        Ignorable,
+    );
+    c.field(
+        "spec.upgrade.discardIncompatibleState",
+        &old.discard_incompatible_state,
+        discard_incompatible_state,
         Ignorable,
     );
 }

@@ -203,6 +203,29 @@ impl Emit for SnapshotDisposalFailed<'_> {
     }
 }
 
+/// A snapshot's window state did not fit the pipeline and `upgrade.discardIncompatibleState`
+/// let the task start empty.
+#[derive(Debug)]
+pub struct StateDiscarded<'a> {
+    /// The partition's topic.
+    pub topic: &'a str,
+    /// The partition.
+    pub partition: i32,
+    /// Why the state did not fit.
+    pub reason: &'a str,
+}
+
+impl Emit for StateDiscarded<'_> {
+    fn emit(self, _: &Metrics) {
+        tracing::warn!(
+            topic = self.topic,
+            partition = self.partition,
+            reason = self.reason,
+            "the window state does not fit the new pipeline; starting it empty (upgrade.discardIncompatibleState)"
+        );
+    }
+}
+
 /// The worker took a stop-with-savepoint and processes nothing more.
 #[derive(Debug)]
 pub struct StoppedWithSavepoint<'a> {

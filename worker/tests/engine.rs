@@ -713,3 +713,94 @@ fn expressions_the_compiler_does_not_cover_run_on_the_interpreter() {
             .contains("unknown field")
     );
 }
+
+/// The window pipeline with `aggregate` (a YAML flow map) over `window`, as the worker compiles
+/// it: with the shape of its window state.
+fn shaped(window: &str, aggregate: &str) -> Arc<CompiledPipeline> {
+    let yaml = format!(
+        r#"
+apiVersion: oxbow.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: t}}
+spec:
+  kafka: {{bootstrapServers: "127.0.0.1:9092"}}
+  source: {{topics: [in], eventTime: {{field: ts, grace: 0ms}}, partitionedBy: "k"}}
+  pipeline:
+    - keyBy: "k"
+    - window: {window}
+      aggregate: {aggregate}
+  sink: {{topic: out}}
+  checkpoint: {{storage: "file:///tmp/x"}}
+"#
+    );
+    let job = oxbow_crds::parse_manifest(&yaml).unwrap();
+    let valid = validation::validate(&job.spec).unwrap_or_else(|e| panic!("{e}"));
+    let shape = oxbow_crds::state_shape::state_shape(&valid.pipeline);
+    Arc::new(
+        CompiledPipeline::compile(&valid, Format::Json, Format::Json)
+            .unwrap()
+            .with_state_shape(shape),
+    )
+}
+
+#[test]
+fn an_added_aggregation_starts_empty_at_the_upgrade_and_the_others_go_on() {
+    let old = shaped("{tumbling: 10ms}", r#"{n: "count()", total: "sum(v)"}"#);
+    let mut task = Task::new(old);
+    let mut out = Output::default();
+    feed(&mut task, 1, 5, 1, &mut out);
+    feed(&mut task, 1, 7, 2, &mut out);
+    let snapshot = task.snapshot().unwrap();
+    // Reordered, and `top` added mid-window.
+    let new = shaped(
+        "{tumbling: 10ms}",
+        r#"{total: "sum(v)", top: "max(v)", n: "count()"}"#,
+    );
+    let mut task = Task::restore(new, &snapshot).unwrap();
+    feed(&mut task, 1, 3, 3, &mut out);
+    feed(&mut task, 1, 9, 12, &mut out);
+    feed(&mut task, 2, 0, 30, &mut out);
+    let rows: Vec<serde_json::Value> = out
+        .records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"k": 1, "total": 15, "top": 3, "n": 3, "window_start": 0, "window_end": 10}),
+            serde_json::json!({"k": 1, "total": 9, "top": 9, "n": 1, "window_start": 10, "window_end": 20}),
+        ]
+    );
+}
+
+#[test]
+fn window_state_of_another_shape_is_refused_naming_both() {
+    let old = shaped("{tumbling: 10ms}", r#"{n: "count()"}"#);
+    let mut task = Task::new(old);
+    let mut out = Output::default();
+    feed(&mut task, 1, 5, 1, &mut out);
+    let snapshot = task.snapshot().unwrap();
+    for (window, aggregate, says) in [
+        (
+            "{tumbling: 20ms}",
+            r#"{n: "count()"}"#,
+            "the window changed from tumbling 10ms to tumbling 20ms",
+        ),
+        (
+            "{tumbling: 10ms}",
+            r#"{n: "sum(v)"}"#,
+            "aggregate.n: changed from count() to sum(v)",
+        ),
+    ] {
+        let err = Task::restore(shaped(window, aggregate), &snapshot)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+        assert!(
+            err.contains("The snapshot holds a tumbling 10ms window"),
+            "{err}"
+        );
+        assert!(err.contains("discardIncompatibleState"), "{err}");
+    }
+}

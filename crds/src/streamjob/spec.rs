@@ -519,6 +519,13 @@ pub struct UpgradeSpec {
     /// stable spec.
     #[serde(default = "default_verify_timeout")]
     pub verify_timeout: DurationString,
+
+    /// Start the window state empty when an upgrade changes it in a way it cannot be restored
+    /// (a different window kind or size, key or repartitioning, an aggregation whose function
+    /// or argument changed). Without it such an upgrade is refused with the UpgradeBlocked
+    /// condition naming the step, and the job keeps running.
+    #[serde(default)]
+    pub discard_incompatible_state: bool,
 }
 
 impl Default for UpgradeSpec {
@@ -529,6 +536,7 @@ impl Default for UpgradeSpec {
             on_savepoint_failure: SavepointFailurePolicy::default(),
             max_checkpoint_age: default_max_checkpoint_age(),
             verify_timeout: default_verify_timeout(),
+            discard_incompatible_state: false,
         }
     }
 }

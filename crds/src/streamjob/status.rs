@@ -288,6 +288,11 @@ pub struct Operation {
     /// Id of the savepoint requested from the workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_id: Option<String>,
+    /// What the change does to the window state: `compatible`, `migratable` (which
+    /// aggregations start empty or are dropped) or `incompatible` (why, when
+    /// `upgrade.discardIncompatibleState` lets it start empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_change: Option<String>,
 }
 
 /// Kind of operation.

@@ -38,6 +38,7 @@ upgrade:
   onSavepointFailure: block
   maxCheckpointAge: 5m
   verifyTimeout: 5m
+  discardIncompatibleState: false
 savepoint: {triggerNonce: 1, interval: 6h, historyLimit: 10, onDelete: true}
 restoreFrom: {savepointPath: "s3://bucket/oxbow/payments/fraud/savepoints/sp-1"}
 template:
@@ -74,6 +75,7 @@ const EXPECTED: &[(&str, ChangeKind)] = &[
     ("/upgrade/onSavepointFailure", ChangeKind::Ignorable),
     ("/upgrade/maxCheckpointAge", ChangeKind::Ignorable),
     ("/upgrade/verifyTimeout", ChangeKind::Ignorable),
+    ("/upgrade/discardIncompatibleState", ChangeKind::Ignorable),
     ("/savepoint/triggerNonce", ChangeKind::SavepointTrigger),
     ("/savepoint/interval", ChangeKind::Ignorable),
     ("/savepoint/historyLimit", ChangeKind::Ignorable),

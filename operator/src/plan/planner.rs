@@ -9,6 +9,7 @@ use oxbow_crds::{
     assignment::{Assignment, assign},
     jobfile::{JobFile, Restore},
     names,
+    state_shape::{ShapeChange, classify_pipelines},
     streamjob::{
         ConditionType, ErrorStatus, JobState, Operation, OperationStep, OperationType,
         SavepointFailurePolicy, SavepointInProgress, SavepointInfo, SavepointStatus,
@@ -51,9 +52,11 @@ pub(crate) mod reasons {
     pub const VERIFY_TIMED_OUT: &str = "VerifyTimedOut";
     /// The stable job file disappeared during a rollback.
     pub const STABLE_SPEC_MISSING: &str = "StableSpecMissing";
+    /// An upgrade would change the window state in a way it cannot be restored.
+    pub const INCOMPATIBLE_STATE: &str = "IncompatibleState";
 
     /// Every reason above, to map a stored reason back to a static one.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         INVALID_SPEC,
         SAVEPOINT_FAILED,
         SAVEPOINT_TIMED_OUT,
@@ -62,6 +65,7 @@ pub(crate) mod reasons {
         ROLLBACK_FAILED,
         VERIFY_TIMED_OUT,
         STABLE_SPEC_MISSING,
+        INCOMPATIBLE_STATE,
     ];
 
     /// The static reason equal to `reason`, or `fallback`.
@@ -398,6 +402,28 @@ impl<'a> Planner<'a> {
             .as_ref()
             .filter(|_| change.restore_requested())
             .map(|r| r.savepoint_path.clone());
+        let mode = target.upgrade.mode;
+        // What the change does to the window state, decided before anything is stopped. A
+        // stateless upgrade keeps no state, and a requested savepoint's shape is the workers'
+        // to check.
+        let state_change = match (&o.validation, validate(&deployed.spec)) {
+            (Ok(new), Ok(old)) if mode != UpgradeMode::Stateless && requested.is_none() => {
+                classify_pipelines(&old.pipeline, &new.pipeline)
+            }
+            _ => None,
+        };
+        if let Some(ShapeChange::Incompatible { reason }) = &state_change
+            && !target.upgrade.discard_incompatible_state
+        {
+            let message = format!(
+                "the upgrade is refused: {reason}; the previous generation keeps running. Set spec.upgrade.discardIncompatibleState: true to start that state empty"
+            );
+            self.set_error(reasons::INCOMPATIBLE_STATE, message.clone());
+            return Action::Block {
+                reason: reasons::INCOMPATIBLE_STATE,
+                message,
+            };
+        }
         let mut op = Operation {
             type_,
             step: OperationStep::Fencing,
@@ -405,8 +431,8 @@ impl<'a> Planner<'a> {
             target_generation,
             savepoint_path: None,
             savepoint_id: None,
+            state_change: state_change.map(|c| c.to_string()),
         };
-        let mode = target.upgrade.mode;
         match type_ {
             OperationType::Resume => {
                 op.savepoint_path = requested.or_else(|| match &deployed.restore {
@@ -775,6 +801,7 @@ impl<'a> Planner<'a> {
             target_generation: op.target_generation,
             savepoint_path: op.savepoint_path.clone(),
             savepoint_id: None,
+            state_change: None,
         };
         self.record.operation = Some(rollback.clone());
         self.fencing(deployed, rollback)
@@ -992,7 +1019,6 @@ impl<'a> Planner<'a> {
 /// first deployment), different for the next. Workers record it with their checkpoints, so
 /// that a restarted worker continues from its own commits while a new request restores.
 fn restore_request(what: &str, generation: i64, started_at: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(what.as_bytes());
     hash.update(generation.to_be_bytes());

@@ -478,3 +478,82 @@ proptest! {
         prop_assert!(!second.needs_record(&replay.status));
     }
 }
+
+/// The pipeline steps of `MANIFEST` with `steps` (YAML list items) in place of its own.
+fn pipeline(steps: &str) -> Vec<oxbow_crds::streamjob::PipelineStep> {
+    let manifest = super::sim::MANIFEST.replace("    - keyBy: \"account\"\n", steps);
+    oxbow_crds::parse_manifest(&manifest).unwrap().spec.pipeline
+}
+
+fn windowed(size: &str, aggregate: &str) -> Vec<oxbow_crds::streamjob::PipelineStep> {
+    pipeline(&format!(
+        "    - keyBy: \"account\"\n    - window: {{tumbling: {size}}}\n      aggregate: {aggregate}\n"
+    ))
+}
+
+#[test]
+fn an_upgrade_classifies_its_state_change_before_it_stops_anything() {
+    let mut w = deployed_world();
+    w.edit(|s| s.pipeline = windowed("1m", r#"{n: "count()"}"#));
+    w.settle(&mut never(), 80);
+    w.log.clear();
+    w.edit(|s| s.pipeline = windowed("1m", r#"{n: "count()", top: "max(amount)"}"#));
+    let mut seen = None;
+    for _ in 0..80 {
+        w.settle(&mut never(), 1);
+        if let Some(op) = &w.o.status.operation {
+            seen = op.state_change.clone();
+            break;
+        }
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("migratable: top start(s) empty at the upgrade"),
+        "shown in status.operation from the operation's start"
+    );
+    w.settle(&mut never(), 80);
+    assert_eq!(
+        w.deployed().spec.pipeline,
+        windowed("1m", r#"{n: "count()", top: "max(amount)"}"#)
+    );
+}
+
+#[test]
+fn an_upgrade_that_changes_the_window_is_refused_unless_its_state_may_start_empty() {
+    let mut w = deployed_world();
+    w.edit(|s| s.pipeline = windowed("1m", r#"{n: "count()"}"#));
+    w.settle(&mut never(), 80);
+    let running = w.deployed().clone();
+    w.log.clear();
+    w.edit(|s| s.pipeline = windowed("5m", r#"{n: "count()"}"#));
+    w.settle(&mut never(), 80);
+    assert_eq!(w.deployed(), &running, "the job keeps running as it was");
+    assert!(!w.log.contains(&"StopWorkers"), "{:?}", w.log);
+    let blocked = find_condition(&w.o.status.conditions, ConditionType::UpgradeBlocked).unwrap();
+    let message = &blocked.message;
+    assert_eq!(blocked.status, "True");
+    assert_eq!(blocked.reason, "IncompatibleState");
+    assert!(
+        message.contains(
+            "spec.pipeline[1]: the window changed from tumbling 60000ms to tumbling 300000ms"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.upgrade.discardIncompatibleState"),
+        "{message}"
+    );
+    assert_eq!(
+        w.o.status.error.as_ref().unwrap().reason,
+        "IncompatibleState"
+    );
+
+    // Opting in lets the upgrade go on; the workers start that state empty.
+    w.edit(|s| s.upgrade.discard_incompatible_state = true);
+    w.settle(&mut never(), 120);
+    assert_eq!(
+        w.deployed().spec.pipeline,
+        windowed("5m", r#"{n: "count()"}"#)
+    );
+    assert_eq!(condition(&w, ConditionType::UpgradeBlocked).0, "False");
+}

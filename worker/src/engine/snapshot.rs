@@ -6,8 +6,9 @@ use serde::{Serialize, de::DeserializeOwned};
 const MAGIC: &[u8; 4] = b"OXBS";
 /// Version of the snapshot format written by this build. Version 1 held the processing time of
 /// the last record (no longer part of the state: idleness is measured by the process that
-/// runs the task); version 2 holds the shuffle stage's upstream progress instead.
-pub const FORMAT_VERSION: u16 = 2;
+/// runs the task); version 2 holds the shuffle stage's upstream progress instead; version 3
+/// adds the shape of the window state.
+pub const FORMAT_VERSION: u16 = 3;
 const ZSTD_LEVEL: i32 = 1;
 
 /// Why a snapshot could not be written or read.
@@ -27,6 +28,18 @@ pub enum SnapshotError {
     /// Encoding failed.
     #[error("failed to {0} the snapshot state: {1}")]
     Encoding(&'static str, #[source] postcard::Error),
+    /// The snapshot's window state cannot be restored into this pipeline.
+    #[error(
+        "failed to restore the snapshot: {reason}. The snapshot holds a {snapshot}; the pipeline has a {pipeline}. Set spec.upgrade.discardIncompatibleState: true to start this state empty"
+    )]
+    IncompatibleShape {
+        /// What differs.
+        reason: String,
+        /// The snapshot's shape.
+        snapshot: String,
+        /// The pipeline's shape.
+        pipeline: String,
+    },
 }
 
 /// Encodes `state` as a snapshot.

@@ -38,9 +38,13 @@ impl Stages {
         source_format: Format,
         sink_format: Format,
     ) -> Result<Self, CompileError> {
+        let shape = oxbow_crds::state_shape::state_shape(&spec.pipeline);
         let Some((before, after)) = split(spec) else {
             return Ok(Stages {
-                source: Arc::new(CompiledPipeline::compile(spec, source_format, sink_format)?),
+                source: Arc::new(
+                    CompiledPipeline::compile(spec, source_format, sink_format)?
+                        .with_state_shape(shape),
+                ),
                 shuffle: None,
             });
         };
@@ -50,11 +54,10 @@ impl Stages {
                 source_format,
                 Format::Json,
             )?),
-            shuffle: Some(Arc::new(CompiledPipeline::compile(
-                &after,
-                Format::Json,
-                sink_format,
-            )?)),
+            shuffle: Some(Arc::new(
+                CompiledPipeline::compile(&after, Format::Json, sink_format)?
+                    .with_state_shape(shape),
+            )),
         })
     }
 }

@@ -28,6 +28,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use oxbow_crds::{
     pipeline::{AggregateFunction, Step, WINDOW_END_FIELD, WINDOW_START_FIELD},
+    state_shape::{ShapeChange, StateShape, classify},
     streamjob::{Format, TimeFormat},
     validation::ValidatedSpec,
 };
@@ -178,6 +179,8 @@ struct WindowOp {
 
 /// A pipeline compiled for execution; shared by all tasks of a worker.
 pub struct CompiledPipeline {
+    /// The shape of the window state this stage holds (see [`oxbow_crds::state_shape`]).
+    state_shape: Option<StateShape>,
     format: Format,
     source_slots: Vec<Arc<str>>,
     event_time_slot: Option<usize>,
@@ -359,6 +362,7 @@ impl CompiledPipeline {
             })
             .transpose()?;
         Ok(CompiledPipeline {
+            state_shape: None,
             format,
             passthrough: first_reshape.is_none() && sink_format == format,
             source_slots,
@@ -373,6 +377,18 @@ impl CompiledPipeline {
             sink_format,
             sink_key,
         })
+    }
+
+    /// This stage holding the window state of `shape` (the whole pipeline's, which knows the
+    /// window's step and stage).
+    pub fn with_state_shape(mut self, shape: Option<StateShape>) -> Self {
+        self.state_shape = shape;
+        self
+    }
+
+    /// The shape of the window state this stage holds, if it holds any.
+    pub fn state_shape(&self) -> Option<&StateShape> {
+        self.state_shape.as_ref()
     }
 
     /// The fields of result rows.
@@ -393,9 +409,11 @@ fn step_expressions(step: &Step) -> Vec<&oxbow_crds::pipeline::Expression> {
     }
 }
 
-/// The state of a task that snapshots capture (format version 2).
+/// The state of a task that snapshots capture (format version 3).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskState {
+    /// The shape of the window state below, to check against the pipeline it restores into.
+    pub shape: Option<StateShape>,
     /// The task's event-time clock (see the module docs): largest event time seen (or
     /// advanced to while idle), or for the shuffle stage the minimum of the upstreams'.
     pub stream_time: Option<i64>,
@@ -405,6 +423,27 @@ pub struct TaskState {
     pub counters: TaskCounters,
     /// Shuffle stage: each upstream source partition's progress, by `<topic>/<partition>`.
     pub upstreams: BTreeMap<String, UpstreamProgress>,
+}
+
+/// The state as snapshot format version 2 held it: no shape.
+#[derive(Deserialize)]
+struct TaskStateV2 {
+    stream_time: Option<i64>,
+    windows: Windows,
+    counters: TaskCounters,
+    upstreams: BTreeMap<String, UpstreamProgress>,
+}
+
+impl From<TaskStateV2> for TaskState {
+    fn from(v2: TaskStateV2) -> Self {
+        TaskState {
+            shape: None,
+            stream_time: v2.stream_time,
+            windows: v2.windows,
+            counters: v2.counters,
+            upstreams: v2.upstreams,
+        }
+    }
 }
 
 /// The state as snapshot format version 1 held it.
@@ -421,6 +460,7 @@ struct TaskStateV1 {
 impl From<TaskStateV1> for TaskState {
     fn from(v1: TaskStateV1) -> Self {
         TaskState {
+            shape: None,
             stream_time: v1.stream_time,
             windows: v1.windows,
             counters: v1.counters,
@@ -464,7 +504,11 @@ impl std::fmt::Debug for Task {
 impl Task {
     /// A task with empty state.
     pub fn new(pipeline: Arc<CompiledPipeline>) -> Self {
-        Self::with_state(pipeline, TaskState::default())
+        let state = TaskState {
+            shape: pipeline.state_shape.clone(),
+            ..TaskState::default()
+        };
+        Self::with_state(pipeline, state)
     }
 
     fn with_state(pipeline: Arc<CompiledPipeline>, state: TaskState) -> Self {
@@ -480,14 +524,39 @@ impl Task {
         }
     }
 
-    /// Restores a task from [`Task::snapshot`] bytes (this format or version 1). The restored
-    /// task has no idle clock: it is not idle until the runtime sees it caught up again.
+    /// Restores a task from [`Task::snapshot`] bytes (this format or an older one). Window
+    /// state of another shape is restored when [`classify`] allows — aggregations matched by
+    /// name, new ones empty, removed ones dropped — and refused, naming both shapes, when it
+    /// is incompatible. The restored task has no idle clock: it is not idle until the runtime
+    /// sees it caught up again.
     pub fn restore(pipeline: Arc<CompiledPipeline>, bytes: &[u8]) -> Result<Self, SnapshotError> {
         let (version, body) = snapshot::open(bytes)?;
         let mut state: TaskState = match version {
             1 => snapshot::decode_body::<TaskStateV1>(&body)?.into(),
+            2 => snapshot::decode_body::<TaskStateV2>(&body)?.into(),
             _ => snapshot::decode_body(&body)?,
         };
+        if let (Some(old), Some(new)) = (&state.shape, &pipeline.state_shape) {
+            if let ShapeChange::Incompatible { reason } = classify(old, new) {
+                return Err(SnapshotError::IncompatibleShape {
+                    reason,
+                    snapshot: old.to_string(),
+                    pipeline: new.to_string(),
+                });
+            }
+            // Aggregations by name: new ones start empty, removed ones are dropped.
+            let from: Vec<Option<usize>> = new
+                .aggregates
+                .iter()
+                .map(|a| old.aggregates.iter().position(|o| o.name == a.name))
+                .collect();
+            let moved = from.len() != old.aggregates.len()
+                || from.iter().enumerate().any(|(i, f)| *f != Some(i));
+            if let (true, Some(w)) = (moved, &pipeline.window) {
+                state.windows.remap(&from, &w.functions);
+            }
+        }
+        state.shape = pipeline.state_shape.clone();
         state.windows.rebuild();
         Ok(Self::with_state(pipeline, state))
     }

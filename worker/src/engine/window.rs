@@ -137,6 +137,30 @@ impl Windows {
     }
 
     /// Number of open (key, window) entries.
+    /// Rebuilds every open window's accumulators for another set of aggregations: the `i`-th
+    /// new one takes the accumulator at `from[i]`, or starts empty as `functions[i]`.
+    pub fn remap(&mut self, from: &[Option<usize>], functions: &[AggregateFunction]) {
+        let remap = |accs: &[Acc]| -> Vec<Acc> {
+            from.iter()
+                .zip(functions)
+                .map(|(i, f)| match i.and_then(|i| accs.get(i)) {
+                    Some(acc) => acc.clone(),
+                    None => Acc::new(*f),
+                })
+                .collect()
+        };
+        for pane in self.panes.values_mut() {
+            for accs in pane.values_mut() {
+                *accs = remap(accs).into();
+            }
+        }
+        for sessions in self.sessions.values_mut() {
+            for s in sessions {
+                s.accs = remap(&s.accs);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries
     }

@@ -7,7 +7,10 @@ use oxbow_crds::{checkpoint::OffsetMetadata, jobfile::Restore, streamjob::Starti
 use rdkafka::{Offset, TopicPartitionList, consumer::Consumer};
 
 use super::{RuntimeError, Slot, Worker, error::kafka};
-use crate::engine::{CompiledPipeline, Task};
+use crate::{
+    engine::{CompiledPipeline, Task, snapshot::SnapshotError},
+    events::{Emit, StateDiscarded},
+};
 
 impl Worker {
     /// Rebuilds every task from the committed offsets and the snapshots they name, and seeks.
@@ -145,5 +148,40 @@ impl Worker {
         let earliest = self.is_shuffle(topic)
             || self.config.job.spec.source.starting_offsets == StartingOffsets::Earliest;
         Ok(if earliest { low } else { high })
+    }
+
+    /// The task of `topic`-`partition` restored from the snapshot `key`. Window state of an
+    /// incompatible shape stops the worker, naming both shapes — unless the spec says
+    /// `upgrade.discardIncompatibleState`, and then the task starts empty.
+    pub(super) fn task_from_snapshot(
+        &self,
+        key: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Task, RuntimeError> {
+        let store = self.store.as_ref().ok_or(RuntimeError::InvalidJob(
+            "committed offsets or a savepoint name snapshots but the job has no checkpoint.storage"
+                .into(),
+        ))?;
+        let bytes = self.io.block_on(store.get(key))?;
+        match Task::restore(self.pipeline_for(topic), &bytes) {
+            Err(SnapshotError::IncompatibleShape { reason, .. })
+                if self.config.job.spec.upgrade.discard_incompatible_state =>
+            {
+                StateDiscarded {
+                    topic,
+                    partition,
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
+                Ok(Task::new(self.pipeline_for(topic)))
+            }
+            restored => restored.map_err(|source| RuntimeError::Snapshot {
+                action: "restore the snapshot",
+                topic: topic.to_owned(),
+                partition,
+                source,
+            }),
+        }
     }
 }

@@ -60,25 +60,6 @@ impl Worker {
         Ok(partitions)
     }
 
-    pub(super) fn task_from_snapshot(
-        &self,
-        key: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Task, RuntimeError> {
-        let store = self.store.as_ref().ok_or(RuntimeError::InvalidJob(
-            "committed offsets or a savepoint name snapshots but the job has no checkpoint.storage"
-                .into(),
-        ))?;
-        let bytes = self.io.block_on(store.get(key))?;
-        Task::restore(self.pipeline_for(topic), &bytes).map_err(|source| RuntimeError::Snapshot {
-            action: "restore the snapshot",
-            topic: topic.to_owned(),
-            partition,
-            source,
-        })
-    }
-
     pub(super) fn task_from_savepoint(
         &self,
         savepoint: &BTreeMap<(String, i32), PartitionSnapshot>,
@@ -142,6 +123,13 @@ impl Worker {
             assignment_generation: self.config.job.assignment.generation,
             created_at_ms: now_ms(),
             partitions,
+            state_shape: self
+                .stages
+                .shuffle
+                .as_ref()
+                .unwrap_or(&self.stages.source)
+                .state_shape()
+                .cloned(),
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| RuntimeError::Savepoint {
             path: id.to_owned(),
