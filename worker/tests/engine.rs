@@ -16,7 +16,9 @@ use oxbow_worker::engine::{
 };
 use proptest::prelude::*;
 
-fn pipeline(steps: &str, extra: &str) -> Arc<CompiledPipeline> {
+/// The validated spec of a job with `eventTime` (a YAML flow map's entries), `steps` (YAML list
+/// items) and `extra` spec lines.
+fn validated(event_time: &str, steps: &str, extra: &str) -> validation::ValidatedSpec {
     let yaml = format!(
         r#"
 apiVersion: oxbow.dev/v1alpha1
@@ -26,7 +28,7 @@ spec:
   kafka: {{bootstrapServers: "127.0.0.1:9092"}}
   source:
     topics: [in]
-    eventTime: {{field: ts, grace: 3ms, idleTimeout: 100ms}}
+    eventTime: {{{event_time}}}
   pipeline:
 {steps}
   sink: {{topic: out}}
@@ -35,7 +37,11 @@ spec:
 "#
     );
     let job = oxbow_crds::parse_manifest(&yaml).unwrap();
-    let valid = validation::validate(&job.spec).unwrap_or_else(|e| panic!("{e}"));
+    validation::validate(&job.spec).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pipeline(steps: &str, extra: &str) -> Arc<CompiledPipeline> {
+    let valid = validated("field: ts, grace: 3ms, idleTimeout: 100ms", steps, extra);
     Arc::new(CompiledPipeline::compile(&valid, Format::Json, Format::Json).unwrap())
 }
 
@@ -717,24 +723,8 @@ fn expressions_the_compiler_does_not_cover_run_on_the_interpreter() {
 /// The window pipeline with `aggregate` (a YAML flow map) over `window`, as the worker compiles
 /// it: with the shape of its window state.
 fn shaped(window: &str, aggregate: &str) -> Arc<CompiledPipeline> {
-    let yaml = format!(
-        r#"
-apiVersion: oxbow.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: t}}
-spec:
-  kafka: {{bootstrapServers: "127.0.0.1:9092"}}
-  source: {{topics: [in], eventTime: {{field: ts, grace: 0ms}}, partitionedBy: "k"}}
-  pipeline:
-    - keyBy: "k"
-    - window: {window}
-      aggregate: {aggregate}
-  sink: {{topic: out}}
-  checkpoint: {{storage: "file:///tmp/x"}}
-"#
-    );
-    let job = oxbow_crds::parse_manifest(&yaml).unwrap();
-    let valid = validation::validate(&job.spec).unwrap_or_else(|e| panic!("{e}"));
+    let steps = format!("    - keyBy: \"k\"\n    - window: {window}\n      aggregate: {aggregate}");
+    let valid = validated("field: ts, grace: 0ms", &steps, "");
     let shape = oxbow_crds::state_shape::state_shape(&valid.pipeline);
     Arc::new(
         CompiledPipeline::compile(&valid, Format::Json, Format::Json)
