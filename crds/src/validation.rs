@@ -15,7 +15,7 @@ use crate::{
     },
     streamjob::{
         DeliveryGuarantee, Format, JobState, KafkaSecurity, PipelineStep, SecurityProtocol,
-        StreamJobSpec, TimeFormat, UpgradeMode,
+        StartingOffsets, StreamJobSpec, TimeFormat, UpgradeMode,
     },
 };
 
@@ -80,6 +80,8 @@ pub struct ValidatedSpec {
     pub upgrade: UpgradeTimings,
     /// Period of automatic savepoints.
     pub savepoint_interval: Option<Duration>,
+    /// `source.startingTimestamp`, epoch milliseconds.
+    pub starting_timestamp_ms: Option<i64>,
 }
 
 /// Event-time settings.
@@ -147,6 +149,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<ValidatedSpec, ValidationErrors>
         .interval
         .as_ref()
         .map(|i| v.positive("spec.savepoint.interval", i));
+    let starting_timestamp_ms = v.starting_timestamp(spec);
     if v.errors.is_empty() {
         Ok(ValidatedSpec {
             pipeline,
@@ -155,6 +158,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<ValidatedSpec, ValidationErrors>
             checkpoint,
             upgrade,
             savepoint_interval,
+            starting_timestamp_ms,
         })
     } else {
         Err(ValidationErrors(v.errors))
@@ -307,6 +311,32 @@ impl Validator {
                 "spec.kafka.security.secretRef",
                 "is required with a SASL protocol: name a Secret with the keys username and password",
             );
+        }
+    }
+
+    /// `source.startingTimestamp`: required by `startingOffsets: timestamp` and only with it.
+    fn starting_timestamp(&mut self, spec: &StreamJobSpec) -> Option<i64> {
+        const PATH: &str = "spec.source.startingTimestamp";
+        let source = &spec.source;
+        match (&source.starting_offsets, &source.starting_timestamp) {
+            (StartingOffsets::Timestamp, None) => {
+                self.error(PATH, "is required with startingOffsets: timestamp");
+                None
+            }
+            (StartingOffsets::Timestamp, Some(t)) => {
+                match t.parse::<k8s_openapi::jiff::Timestamp>() {
+                    Ok(t) => Some(t.as_millisecond()),
+                    Err(e) => {
+                        self.error(PATH, format!("{t:?} is not an RFC 3339 time: {e}"));
+                        None
+                    }
+                }
+            }
+            (_, Some(_)) => {
+                self.error(PATH, "applies only with startingOffsets: timestamp");
+                None
+            }
+            (_, None) => None,
         }
     }
 

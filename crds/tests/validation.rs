@@ -444,3 +444,33 @@ fn every_problem_is_reported_at_once() {
         );
     }
 }
+
+#[test]
+fn a_start_from_a_timestamp_needs_an_rfc_3339_time_and_only_then() {
+    let with = |source: &str| {
+        let yaml = format!(
+            "apiVersion: oxbow.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: \"k:9092\"}}\n  source: {{topics: [in]{source}}}\n  pipeline: [{{filter: \"true\"}}]\n  sink: {{topic: out}}\n  checkpoint: {{storage: \"file:///c\"}}\n"
+        );
+        let job = oxbow_crds::parse_manifest(&yaml).unwrap();
+        oxbow_crds::validation::validate(&job.spec).map_err(|e| e.to_string())
+    };
+    let valid =
+        with(", startingOffsets: timestamp, startingTimestamp: \"2026-12-01T00:00:00Z\"").unwrap();
+    assert_eq!(valid.starting_timestamp_ms, Some(1_796_083_200_000));
+    let missing = with(", startingOffsets: timestamp").unwrap_err();
+    assert!(
+        missing
+            .contains("spec.source.startingTimestamp: is required with startingOffsets: timestamp"),
+        "{missing}"
+    );
+    let bad = with(", startingOffsets: timestamp, startingTimestamp: yesterday").unwrap_err();
+    assert!(
+        bad.contains("\"yesterday\" is not an RFC 3339 time"),
+        "{bad}"
+    );
+    let stray = with(", startingTimestamp: \"2026-12-01T00:00:00Z\"").unwrap_err();
+    assert!(
+        stray.contains("applies only with startingOffsets: timestamp"),
+        "{stray}"
+    );
+}

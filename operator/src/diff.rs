@@ -299,6 +299,7 @@ fn source_fields(c: &mut Change, old: &SourceSpec, new: &SourceSpec) {
         topics,
         format,
         starting_offsets,
+        starting_timestamp,
         event_time,
         partitioned_by,
     } = new;
@@ -308,6 +309,12 @@ fn source_fields(c: &mut Change, old: &SourceSpec, new: &SourceSpec) {
         "spec.source.startingOffsets",
         &old.starting_offsets,
         starting_offsets,
+        RestartRequired,
+    );
+    c.field(
+        "spec.source.startingTimestamp",
+        &old.starting_timestamp,
+        starting_timestamp,
         RestartRequired,
     );
     c.field(

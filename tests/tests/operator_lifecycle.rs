@@ -88,8 +88,13 @@ async fn a_savepoint_nonce_then_suspend_and_resume_keep_every_result_exactly_onc
     // Suspend: a savepoint, then no worker runs.
     setup.send(200, 300).await;
     setup.suspend().await;
-    // Input while suspended waits in Kafka.
-    setup.send(300, 400).await;
+    // Input while suspended waits in Kafka, for 60 s: longer than the 30 s idleTimeout, which a
+    // resumed worker must not take for idleness (event time would jump over the backlog).
+    for batch in 0..6 {
+        setup.send(300 + 20 * batch, 320 + 20 * batch).await;
+        // The suspension's length is the point.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 
     // Resume: the workers restore from the suspend savepoint and catch up.
     setup
@@ -99,5 +104,5 @@ async fn a_savepoint_nonce_then_suspend_and_resume_keep_every_result_exactly_onc
     let last = status.savepoint.and_then(|s| s.last).expect("a savepoint");
     assert_eq!(last.trigger, SavepointTrigger::Suspend);
     assert_eq!(status.restored_from.map(|r| r.path), Some(last.path));
-    setup.finish(400).await;
+    setup.finish(420).await;
 }

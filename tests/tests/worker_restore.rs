@@ -6,7 +6,10 @@
 //!   used to be ignored because the assignment had not changed), and a restart under the same
 //!   request continues from its own commits rather than restoring again;
 //! - a stateless request starts empty once; a restart under it restores its own checkpoints
-//!   (it used to start empty at every restart, losing its open windows).
+//!   (it used to start empty at every restart, losing its open windows);
+//! - `startingOffsets: latest` is resolved once and committed with the first checkpoint, so a
+//!   restart reads what arrived while the worker was down (it used to resolve `latest` again
+//!   and skip it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +20,9 @@ use oxbow_crds::{
     jobfile::{JobFile, Restore},
 };
 use oxbow_tests::{
-    eventually, kafka, now_ms, scratch_dir, unique_name,
+    eventually, kafka,
+    manifest::Manifest,
+    now_ms, scratch_dir, unique_name,
     windows::{self, Event, Window},
     worker::{self, WorkerProcess},
 };
@@ -31,8 +36,13 @@ struct Job {
 }
 
 impl Job {
-    /// The window job on a one-partition input, one worker, under `restore` and `request`.
+    /// The window job on a one-partition input, one worker, under the request `first`.
     async fn create() -> Job {
+        Self::create_with(|m| m).await
+    }
+
+    /// [`Job::create`] with the manifest changed by `change`.
+    async fn create_with(change: impl FnOnce(Manifest) -> Manifest) -> Job {
         let bootstrap = kafka::bootstrap();
         let (input, output) = kafka::source_and_sink(&bootstrap, "restore", 1)
             .await
@@ -41,7 +51,7 @@ impl Job {
         let storage = format!("file://{}", dir.join("checkpoints").display());
         std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
         let name = unique_name("restore");
-        let spec = windows::job(
+        let manifest = windows::job(
             &name,
             &bootstrap,
             &input,
@@ -49,9 +59,8 @@ impl Job {
             &storage,
             &Window::default(),
         )
-        .checkpoint("interval: 500ms")
-        .job_spec()
-        .unwrap();
+        .checkpoint("interval: 500ms");
+        let spec = change(manifest).job_spec().unwrap();
         let job = worker::job_file(&name, spec, &[(&input, 1)], 1).with_restore_request("first");
         let file = dir.join("job.json");
         worker::write_job_file(&job, &file).unwrap();
@@ -226,5 +235,100 @@ async fn a_stateless_request_starts_empty_once_and_its_restarts_keep_their_windo
     assert!(worker.terminate().unwrap().success());
     let got = windows::results(&kafka::bootstrap(), &job.output, Duration::from_secs(2)).unwrap();
     windows::assert_exactly(&got, &want);
+    std::fs::remove_dir_all(&job.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_is_resolved_once_so_a_restart_reads_what_arrived_meanwhile() {
+    let job = Job::create_with(|m| m.source("startingOffsets: latest")).await;
+    let base = now_ms() - now_ms() % 1000;
+    // Before the job's first start: `latest` skips these.
+    job.produce(&events(base, 5)).await;
+    let mut worker = job.start();
+    worker.ready().await.unwrap();
+    // No record since the start, yet the resolved position is committed.
+    let status = committed(&job, &worker, 5).await;
+    assert_eq!(status.records_in, 0);
+    assert!(worker.terminate().unwrap().success());
+
+    // Ten records arrive while no worker runs; the restart reads them.
+    job.produce(&events(base + 100, 10)).await;
+    let worker = job.start();
+    worker.ready().await.unwrap();
+    committed(&job, &worker, 15).await;
+    let read = eventually(
+        "the worker's metrics to count the records",
+        Duration::from_secs(30),
+        async || {
+            read_by_this_process(&job, &worker)
+                .await
+                .filter(|n| *n >= 10)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read, 10);
+    let mut worker = worker;
+    assert!(worker.terminate().unwrap().success());
+    std::fs::remove_dir_all(&job.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_from_a_timestamp_reads_from_the_first_record_at_or_after_it() {
+    let base = now_ms() - now_ms() % 1000;
+    let bootstrap = kafka::bootstrap();
+    // Records produced before and after the starting time (Kafka timestamps are the clock's).
+    let (input, _) = kafka::source_and_sink(&bootstrap, "from-time", 1)
+        .await
+        .unwrap();
+    let producer = kafka::producer(&bootstrap).unwrap();
+    kafka::produce(
+        &producer,
+        &input,
+        events(base, 5).into_iter().map(|e| (0, e)),
+    )
+    .await
+    .unwrap();
+    // The starting time lies between the two batches: the gap is the point.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let from =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_millis(500);
+    kafka::produce(
+        &producer,
+        &input,
+        events(base + 100, 7).into_iter().map(|e| (0, e)),
+    )
+    .await
+    .unwrap();
+    let mut job = Job::create_with(|m| {
+        m.source("startingOffsets: timestamp")
+            .source(&format!("startingTimestamp: \"{from}\""))
+    })
+    .await;
+    // Read the topic with the records in place of the job's own empty source.
+    job.input = input;
+    job.job.spec.source.topics = vec![job.input.clone()];
+    job.job.assignment = oxbow_crds::assignment::assign(
+        &std::collections::BTreeMap::from([(job.input.clone(), 1)]),
+        1,
+        None,
+    );
+    worker::write_job_file(&job.job, &job.file).unwrap();
+    let mut worker = job.start();
+    worker.ready().await.unwrap();
+    committed(&job, &worker, 12).await;
+    let read = eventually(
+        "the worker's metrics to count the records",
+        Duration::from_secs(30),
+        async || {
+            read_by_this_process(&job, &worker)
+                .await
+                .filter(|n| *n >= 7)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read, 7, "the 5 records before {from} are skipped");
+    assert!(worker.terminate().unwrap().success());
     std::fs::remove_dir_all(&job.dir).ok();
 }

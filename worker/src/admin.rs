@@ -9,8 +9,9 @@ use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -61,6 +62,15 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
+/// Lets a `/v1` request through only with the job's admin token.
+async fn require_token(State(s): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    if s.authorized(request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
 /// The API's routes, answering `/v1` requests that carry `token`.
 pub fn router(shared: Arc<Shared>, token: String) -> Router {
     let registry = shared.metrics.registry();
@@ -69,16 +79,22 @@ pub fn router(shared: Arc<Shared>, token: String) -> Router {
         token,
         registry,
     });
-    Router::new()
-        .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
-        .route(READYZ_PATH, get(readyz))
-        .route(METRICS_PATH, get(metrics))
+    let v1 = Router::new()
         .route(STATUS_PATH, get(status))
         .route(SAVEPOINTS_PATH, post(trigger_savepoint))
         .route(
             &format!("{SAVEPOINTS_PATH}/{{id}}"),
             get(savepoint).delete(dispose_savepoint),
         )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&api),
+            require_token,
+        ));
+    Router::new()
+        .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
+        .route(READYZ_PATH, get(readyz))
+        .route(METRICS_PATH, get(metrics))
+        .merge(v1)
         .with_state(api)
 }
 
@@ -113,10 +129,7 @@ async fn metrics(State(s): State<Arc<Api>>) -> Response {
     }
 }
 
-async fn status(State(s): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    if !s.authorized(&headers) {
-        return unauthorized();
-    }
+async fn status(State(s): State<Arc<Api>>) -> Response {
     match s.shared.status.lock() {
         Ok(status) => Json(status.clone()).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -125,12 +138,8 @@ async fn status(State(s): State<Arc<Api>>, headers: HeaderMap) -> Response {
 
 async fn trigger_savepoint(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
     Json(request): Json<SavepointRequest>,
 ) -> Response {
-    if !s.authorized(&headers) {
-        return unauthorized();
-    }
     if let Some(existing) = s.shared.savepoint(&request.id) {
         return (StatusCode::OK, Json(existing)).into_response();
     }
@@ -147,14 +156,7 @@ async fn trigger_savepoint(
     }
 }
 
-async fn savepoint(
-    State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !s.authorized(&headers) {
-        return unauthorized();
-    }
+async fn savepoint(State(s): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     match s.shared.savepoint(&id) {
         Some(result) => Json(result).into_response(),
         None => (
@@ -168,14 +170,7 @@ async fn savepoint(
 /// `DELETE /v1/savepoints/{id}`: deletes every object of the savepoint from the job's
 /// storage (the operator disposes of savepoints beyond `historyLimit` through a worker, which
 /// holds the storage credentials). Deleting a savepoint that is gone is not an error.
-async fn dispose_savepoint(
-    State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !s.authorized(&headers) {
-        return unauthorized();
-    }
+async fn dispose_savepoint(State(s): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
         return (
             StatusCode::BAD_REQUEST,

@@ -256,9 +256,16 @@ pub struct SourceSpec {
     #[serde(default)]
     pub format: Format,
 
-    /// Where to start in partitions that have no committed state yet.
+    /// Where to start in partitions that have no committed state yet. Resolved once, when a
+    /// partition is first assigned, and committed with the first checkpoint.
     #[serde(default)]
     pub starting_offsets: StartingOffsets,
+
+    /// With `startingOffsets: timestamp`, the time to start from (RFC 3339, such as
+    /// `2026-12-01T00:00:00Z`): each partition starts at its first record whose Kafka timestamp
+    /// is at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_timestamp: Option<String>,
 
     /// Event time of each record. Without it, the Kafka record timestamp is used with no grace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,6 +300,8 @@ pub enum StartingOffsets {
     Earliest,
     /// From the end: only records produced after the job starts.
     Latest,
+    /// From the first record at or after `startingTimestamp`.
+    Timestamp,
 }
 
 /// How each record's event time is found, and how long to wait for late records.

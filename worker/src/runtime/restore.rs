@@ -137,7 +137,8 @@ impl Worker {
     /// Where a partition without committed offsets starts, as an offset read from the broker
     /// now: the shuffle topic from its beginning (everything in it is this job's own committed
     /// output), source topics per `startingOffsets` — `latest` is the end that
-    /// `read_committed` consumers see.
+    /// `read_committed` consumers see, `timestamp` the first record at or after
+    /// `startingTimestamp` (the end when there is none yet).
     fn starting_offset(&self, topic: &str, partition: i32) -> Result<i64, RuntimeError> {
         let (low, high) = self
             .consumer
@@ -145,9 +146,31 @@ impl Worker {
             .map_err(kafka(
                 "read where a partition without committed offsets starts",
             ))?;
-        let earliest = self.is_shuffle(topic)
-            || self.config.job.spec.source.starting_offsets == StartingOffsets::Earliest;
-        Ok(if earliest { low } else { high })
+        if self.is_shuffle(topic) {
+            return Ok(low);
+        }
+        match (
+            self.config.job.spec.source.starting_offsets,
+            self.spec.starting_timestamp_ms,
+        ) {
+            (StartingOffsets::Earliest, _) => Ok(low),
+            (StartingOffsets::Timestamp, Some(at)) => {
+                let mut wanted = TopicPartitionList::new();
+                wanted
+                    .add_partition_offset(topic, partition, Offset::Offset(at))
+                    .map_err(kafka("build the timestamp lookup"))?;
+                let found = self
+                    .consumer
+                    .offsets_for_times(wanted, self.config.kafka_timeout)
+                    .map_err(kafka("look up the offset of startingTimestamp"))?;
+                let offset = found.find_partition(topic, partition).map(|e| e.offset());
+                Ok(match offset {
+                    Some(Offset::Offset(offset)) => offset.clamp(low, high),
+                    _ => high,
+                })
+            }
+            _ => Ok(high),
+        }
     }
 
     /// The task of `topic`-`partition` restored from the snapshot `key`. Window state of an

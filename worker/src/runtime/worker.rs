@@ -84,7 +84,7 @@ impl Worker {
 
         let reset = match job.spec.source.starting_offsets {
             StartingOffsets::Earliest => "earliest",
-            StartingOffsets::Latest => "latest",
+            StartingOffsets::Latest | StartingOffsets::Timestamp => "latest",
         };
         let consumer: BaseConsumer = base
             .clone()
