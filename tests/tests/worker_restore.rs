@@ -133,6 +133,27 @@ async fn read_by_this_process(job: &Job, worker: &WorkerProcess) -> Option<u64> 
     )
 }
 
+/// Starts the job's worker, waits until it has committed the input up to `position` and its
+/// metrics count at least `at_least` records read; returns what they count, and stops it.
+async fn run_until(job: &Job, position: i64, at_least: u64) -> u64 {
+    let mut worker = job.start();
+    worker.ready().await.unwrap();
+    committed(job, &worker, position).await;
+    let read = eventually(
+        "the worker's metrics to count the records it read",
+        Duration::from_secs(30),
+        async || {
+            read_by_this_process(job, &worker)
+                .await
+                .filter(|n| *n >= at_least)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(worker.terminate().unwrap().success());
+    read
+}
+
 /// Events of key 1 at `from + 10 i` ms, `n` of them.
 fn events(from: i64, n: i64) -> Vec<Event> {
     (0..n).map(|i| (1, i, from + 10 * i)).collect()
@@ -159,22 +180,8 @@ async fn a_new_restore_request_restores_its_savepoint_and_a_restart_does_not() {
         },
         "second",
     );
-    let mut worker = job.start();
-    worker.ready().await.unwrap();
-    committed(&job, &worker, 50).await;
-    let read = eventually(
-        "the worker's metrics to count what it read again",
-        Duration::from_secs(30),
-        async || {
-            read_by_this_process(&job, &worker)
-                .await
-                .filter(|n| *n >= 30)
-        },
-    )
-    .await
-    .unwrap();
+    let read = run_until(&job, 50, 30).await;
     assert_eq!(read, 30, "read again from the savepoint's offset 20");
-    assert!(worker.terminate().unwrap().success());
 
     // A restart under the same request continues from its own commits: nothing is read again.
     let mut worker = job.start();
@@ -253,23 +260,8 @@ async fn latest_is_resolved_once_so_a_restart_reads_what_arrived_meanwhile() {
 
     // Ten records arrive while no worker runs; the restart reads them.
     job.produce(&events(base + 100, 10)).await;
-    let worker = job.start();
-    worker.ready().await.unwrap();
-    committed(&job, &worker, 15).await;
-    let read = eventually(
-        "the worker's metrics to count the records",
-        Duration::from_secs(30),
-        async || {
-            read_by_this_process(&job, &worker)
-                .await
-                .filter(|n| *n >= 10)
-        },
-    )
-    .await
-    .unwrap();
+    let read = run_until(&job, 15, 10).await;
     assert_eq!(read, 10);
-    let mut worker = worker;
-    assert!(worker.terminate().unwrap().success());
     std::fs::remove_dir_all(&job.dir).ok();
 }
 
@@ -314,21 +306,7 @@ async fn a_start_from_a_timestamp_reads_from_the_first_record_at_or_after_it() {
         None,
     );
     worker::write_job_file(&job.job, &job.file).unwrap();
-    let mut worker = job.start();
-    worker.ready().await.unwrap();
-    committed(&job, &worker, 12).await;
-    let read = eventually(
-        "the worker's metrics to count the records",
-        Duration::from_secs(30),
-        async || {
-            read_by_this_process(&job, &worker)
-                .await
-                .filter(|n| *n >= 7)
-        },
-    )
-    .await
-    .unwrap();
+    let read = run_until(&job, 12, 7).await;
     assert_eq!(read, 7, "the 5 records before {from} are skipped");
-    assert!(worker.terminate().unwrap().success());
     std::fs::remove_dir_all(&job.dir).ok();
 }
