@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use oxbow_crds::{
     StreamJobStatus,
-    streamjob::{ConditionType, OperationStep, Phase, SavepointTrigger},
+    streamjob::{ConditionType, OperationStep, OperationType, Phase, SavepointTrigger},
 };
 use oxbow_tests::lifecycle::{Setup, is_true};
 
@@ -348,4 +348,57 @@ async fn savepoints_are_disposed_lag_is_read_while_suspended_and_deletion_takes_
         "the final savepoint holds the worker's manifest"
     );
     setup.kill_operator();
+}
+
+/// An upgrade whose worker 1 crash-loops while worker 0 commits: past `verifyTimeout` the
+/// operator rolls back, and no result is lost or produced twice. The rollback keeps the failed
+/// generation's restore request: the partition worker 0 committed under the new generation
+/// goes on from those commits; worker 1's partition, never committed, restores from the
+/// upgrade's savepoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_after_one_worker_crash_loops_loses_and_doubles_nothing() {
+    let setup = Setup::start_with("ops-rollback", 2, &["upgrade: {verifyTimeout: 15s}"]).await;
+    setup.running(2).await;
+    setup.send(0, 200).await;
+    setup.patch(upgraded_pipeline()).await;
+    setup
+        .status_when("the rollout", Duration::from_secs(60), |s| {
+            s.operation.as_ref().is_some_and(|op| {
+                matches!(
+                    op.step,
+                    OperationStep::RollingOut | OperationStep::Verifying
+                )
+            })
+        })
+        .await;
+    // The new generation's worker 1 is killed whenever it runs, while input flows.
+    let mut next = 200;
+    setup
+        .wait("the rollback", Duration::from_secs(120))
+        .every(Duration::from_millis(200))
+        .until(async || {
+            setup.kubelet.kill("sums-1");
+            setup.send(next, next + 10).await;
+            next += 10;
+            let status = setup.status().await;
+            let rolling_back = status
+                .operation
+                .as_ref()
+                .is_some_and(|op| op.type_ == OperationType::Rollback);
+            let rolled_back = status
+                .error
+                .as_ref()
+                .is_some_and(|e| e.reason == "RolledBack");
+            (rolling_back || rolled_back).then_some(())
+        })
+        .await
+        .unwrap();
+    let status = setup
+        .status_when("the rollback to finish", Duration::from_secs(120), |s| {
+            s.phase == Some(Phase::Running) && s.operation.is_none() && s.ready_replicas == 2
+        })
+        .await;
+    assert_eq!(status.error.unwrap().reason, "RolledBack");
+    setup.send(next, next + 100).await;
+    setup.finish(next + 100).await;
 }

@@ -420,6 +420,11 @@ fn worker(ordinal: u32, file: &JobFile, state: WorkerState) -> WorkerStatus {
     WorkerStatus {
         assignment_generation: file.assignment.generation,
         spec_generation: file.spec_generation,
+        // As a worker reports it: the savepoint its job file's restore request names.
+        restored_from: match &file.restore {
+            Restore::Savepoint { path } => Some(path.clone()),
+            _ => None,
+        },
         ..WorkerStatus::new(ordinal, state)
     }
 }

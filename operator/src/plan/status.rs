@@ -46,10 +46,15 @@ pub fn compute(o: &Observed, plan: &Plan) -> StreamJobStatus {
     }
     let now = Time(o.now);
     let healthy = deployed.is_some_and(|d| o.all_healthy(d));
-    // What the running generation restored from, once every worker of it has.
+    // What the running generation restored from, once every worker of it reports that it has
+    // (a worker honours its job file's restore request once, then continues from its commits).
     if let Some(d) = deployed
         && healthy
         && let oxbow_crds::jobfile::Restore::Savepoint { path } = &d.restore
+        && !o.workers.is_empty()
+        && o.workers
+            .values()
+            .all(|w| w.restored_from.as_deref() == Some(path.as_str()))
         && s.restored_from.as_ref().is_none_or(|r| r.path != *path)
     {
         s.restored_from = Some(oxbow_crds::streamjob::RestoredFrom {
