@@ -960,14 +960,20 @@ impl<'a> Planner<'a> {
             .get_or_insert_with(SavepointStatus::default)
     }
 
-    /// Records a new savepoint as in progress and returns its id.
+    /// Records a new savepoint as in progress and returns its id. A deletion's final
+    /// savepoint is named after the generation alone: a reconcile on a cache that has not yet
+    /// seen the first request asks the workers again for the same savepoint (which they answer
+    /// from what they did) instead of taking a second one.
     fn begin_savepoint(&mut self, trigger: SavepointTrigger, generation: i64) -> String {
         let now = self.o.now;
-        let id = format!(
-            "{}-{generation}-{}",
-            trigger_name(trigger),
-            now.as_millisecond()
-        );
+        let id = match trigger {
+            SavepointTrigger::Delete => format!("{}-{generation}", trigger_name(trigger)),
+            _ => format!(
+                "{}-{generation}-{}",
+                trigger_name(trigger),
+                now.as_millisecond()
+            ),
+        };
         self.savepoint_status().in_progress = Some(SavepointInProgress {
             id: id.clone(),
             started_at: Time(now),

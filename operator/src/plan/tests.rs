@@ -348,6 +348,24 @@ fn deleting_a_job_takes_a_final_savepoint_then_releases_the_finalizer() {
 }
 
 #[test]
+fn a_final_savepoint_planned_again_from_a_stale_status_is_the_same_savepoint() {
+    let mut w = deployed_world();
+    w.edit(|s| s.savepoint.on_delete = true);
+    w.settle(&mut never(), 20);
+    w.o.deleting = true;
+    let first = plan(&w.o);
+    // The status that recorded the first request is not seen yet; a moment later, the same
+    // reconcile is planned again.
+    w.o.now = w.o.now + std::time::Duration::from_millis(432);
+    let again = plan(&w.o);
+    let id = |p: &super::Plan| match &p.action {
+        Action::RequestSavepoint { id, .. } => id.clone(),
+        other => panic!("not a savepoint request: {other:?}"),
+    };
+    assert_eq!(id(&first), id(&again), "one final savepoint, not two");
+}
+
+#[test]
 fn a_failed_final_savepoint_does_not_block_the_deletion() {
     let mut w = deployed_world();
     w.edit(|s| s.savepoint.on_delete = true);
