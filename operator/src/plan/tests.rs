@@ -356,7 +356,7 @@ fn a_final_savepoint_planned_again_from_a_stale_status_is_the_same_savepoint() {
     let first = plan(&w.o);
     // The status that recorded the first request is not seen yet; a moment later, the same
     // reconcile is planned again.
-    w.o.now = w.o.now + std::time::Duration::from_millis(432);
+    w.o.now += std::time::Duration::from_millis(432);
     let again = plan(&w.o);
     let id = |p: &super::Plan| match &p.action {
         Action::RequestSavepoint { id, .. } => id.clone(),
