@@ -126,6 +126,9 @@ pub enum ShapeChange {
 }
 
 impl ShapeChange {
+    /// How the description of an incompatible change starts.
+    pub const INCOMPATIBLE: &'static str = "incompatible";
+
     /// A short word for the status: `compatible`, `migratable` or `incompatible`.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -794,6 +794,21 @@ impl<'a> Planner<'a> {
                 message,
             };
         }
+        // What the failed generation's state means to the stable pipeline: when it cannot be
+        // restored, every partition goes back to the upgrade's savepoint, and what the failed
+        // generation committed after it is produced again — said here, before anything stops.
+        let state_change = match (validate(&deployed.spec), stable.map(|s| validate(&s.spec))) {
+            (Ok(failed), Some(Ok(stable))) => {
+                classify_pipelines(&failed.pipeline, &stable.pipeline).map(|c| match c {
+                    ShapeChange::Incompatible { reason } => format!(
+                        "incompatible: {reason}; every partition restores from the upgrade's savepoint, and the results generation {} committed after it are produced again",
+                        op.target_generation
+                    ),
+                    other => other.to_string(),
+                })
+            }
+            _ => None,
+        };
         let rollback = Operation {
             type_: OperationType::Rollback,
             step: OperationStep::Fencing,
@@ -801,7 +816,7 @@ impl<'a> Planner<'a> {
             target_generation: op.target_generation,
             savepoint_path: op.savepoint_path.clone(),
             savepoint_id: None,
-            state_change: None,
+            state_change,
         };
         self.record.operation = Some(rollback.clone());
         self.fencing(deployed, rollback)
@@ -843,12 +858,22 @@ impl<'a> Planner<'a> {
                 };
                 let assignment = self.assignment(&stable.spec, Some(&deployed.assignment))?;
                 let restore = restore(&stable.spec);
-                // No new restore: each partition the failed generation committed goes on from
-                // its commits (nothing re-produced, nothing lost); the others restore as the
-                // stable spec says.
+                // Without a new request, each partition the failed generation committed goes on
+                // from its commits (nothing produced again, nothing lost) and the others restore
+                // as the stable spec says. State the stable pipeline cannot take needs a new
+                // request: every partition restores from the savepoint.
+                let incompatible = op
+                    .state_change
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with(ShapeChange::INCOMPATIBLE));
+                let request = if incompatible {
+                    operation_restore_request(op)
+                } else {
+                    deployed.restore_request.clone()
+                };
                 Ok(self
                     .job_file(op.target_generation, &stable.spec, assignment, restore)
-                    .with_restore_request(deployed.restore_request.clone()))
+                    .with_restore_request(request))
             }
             OperationType::Suspend => {
                 let (spec, generation) = self.target(deployed);

@@ -575,3 +575,60 @@ fn an_upgrade_that_changes_the_window_is_refused_unless_its_state_may_start_empt
     );
     assert_eq!(condition(&w, ConditionType::UpgradeBlocked).0, "False");
 }
+
+#[test]
+fn a_rollback_whose_failed_state_the_stable_pipeline_cannot_take_restores_the_savepoint() {
+    let mut w = deployed_world();
+    w.edit(|s| s.pipeline = windowed("1m", r#"{n: "count()"}"#));
+    w.settle(&mut never(), 80);
+    // An upgrade to 5-minute windows, state started empty by choice, on an image that fails.
+    w.bad_image = Some("worker:bad".into());
+    w.edit(|s| {
+        s.pipeline = windowed("5m", r#"{n: "count()"}"#);
+        s.upgrade.discard_incompatible_state = true;
+        s.image = Some("worker:bad".into());
+    });
+    let mut failed = None;
+    let mut rollback_change = None;
+    for _ in 0..300 {
+        w.settle(&mut never(), 1);
+        if w.deployed().spec.image.as_deref() == Some("worker:bad") {
+            failed = Some(w.deployed().restore_request.clone());
+        }
+        if let Some(op) =
+            w.o.status
+                .operation
+                .as_ref()
+                .filter(|op| op.type_ == oxbow_crds::streamjob::OperationType::Rollback)
+        {
+            rollback_change = op.state_change.clone();
+        }
+        if w.o
+            .status
+            .error
+            .as_ref()
+            .is_some_and(|e| e.reason == "RolledBack")
+            && w.o.status.operation.is_none()
+        {
+            break;
+        }
+    }
+    let failed = failed.expect("the failed generation was rolled out");
+    let change = rollback_change.expect("the rollback said what happens to the state");
+    assert!(
+        change.starts_with("incompatible: spec.pipeline[1]: the window changed")
+            && change.contains("produced again"),
+        "{change}"
+    );
+    let d = w.deployed();
+    assert_eq!(d.spec.pipeline, windowed("1m", r#"{n: "count()"}"#));
+    assert_ne!(
+        d.restore_request, failed,
+        "a new request: every partition restores from the savepoint"
+    );
+    assert!(
+        matches!(d.restore, Restore::Savepoint { .. }),
+        "{:?}",
+        d.restore
+    );
+}
