@@ -93,9 +93,11 @@ impl Worker {
             self.producer
                 .commit_transaction(self.config.kafka_timeout)
                 .map_err(kafka("commit the transaction"))?;
+            self.transaction_open = false;
             self.producer
                 .begin_transaction()
                 .map_err(kafka("begin a transaction"))?;
+            self.transaction_open = true;
         } else if offsets.count() > 0 {
             self.consumer
                 .commit(&offsets, rdkafka::consumer::CommitMode::Sync)

@@ -134,8 +134,9 @@ pub struct Worker {
     last_progress: Instant,
     /// The last transient failure, until a checkpoint succeeds again.
     last_error: Option<String>,
-    /// The open transaction failed and must be aborted before going on.
-    needs_abort: bool,
+    /// A Kafka transaction is open: begun and neither committed nor aborted. After a failure
+    /// only an open transaction is aborted (librdkafka refuses to abort in state Ready).
+    transaction_open: bool,
 }
 
 impl std::fmt::Debug for Worker {

@@ -42,20 +42,20 @@ impl Worker {
         }
         .emit(&self.metrics);
         self.last_error = Some(error.to_string());
-        self.needs_abort = true;
         Instant::now() + delay
     }
 
-    /// After a failed checkpoint: abort the open transaction and go back to the last committed
-    /// checkpoint (state and offsets), so that the records since are processed again. Safe to
-    /// call again after it failed part-way.
+    /// After a failed checkpoint: abort the open transaction, if one is open, and go back to
+    /// the last committed checkpoint (state and offsets), so that the records since are
+    /// processed again. Safe to call again after it failed part-way — also when the failure
+    /// came after the transaction was aborted, before a new one began.
     pub(super) fn recover(&mut self) -> Result<(), RuntimeError> {
-        if self.exactly_once && self.needs_abort {
+        if self.exactly_once && self.transaction_open {
             self.producer
                 .abort_transaction(self.config.kafka_timeout)
                 .map_err(kafka("abort the transaction"))?;
             TransactionAborted.emit(&self.metrics);
-            self.needs_abort = false;
+            self.transaction_open = false;
         }
         // Drop output produced for the aborted transaction but not yet handed to librdkafka.
         self.output.clear();
@@ -64,6 +64,7 @@ impl Worker {
             self.producer
                 .begin_transaction()
                 .map_err(kafka("begin a transaction"))?;
+            self.transaction_open = true;
         }
         self.last_checkpoint = Instant::now();
         Ok(())

@@ -148,7 +148,7 @@ impl Worker {
             upstreams,
             last_progress: Instant::now(),
             last_error: None,
-            needs_abort: false,
+            transaction_open: false,
         };
         worker.restore()?;
         if worker.exactly_once {
@@ -156,6 +156,7 @@ impl Worker {
                 .producer
                 .begin_transaction()
                 .map_err(kafka("begin a transaction"))?;
+            worker.transaction_open = true;
         }
         Ok(worker)
     }
