@@ -126,17 +126,8 @@ pub enum ShapeChange {
 }
 
 impl ShapeChange {
-    /// How the description of an incompatible change starts.
+    /// How the description ([`fmt::Display`]) of an incompatible change starts.
     pub const INCOMPATIBLE: &'static str = "incompatible";
-
-    /// A short word for the status: `compatible`, `migratable` or `incompatible`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ShapeChange::Compatible => "compatible",
-            ShapeChange::Migratable { .. } => "migratable",
-            ShapeChange::Incompatible { .. } => "incompatible",
-        }
-    }
 }
 
 impl fmt::Display for ShapeChange {
@@ -158,7 +149,9 @@ impl fmt::Display for ShapeChange {
                 }
                 Ok(())
             }
-            ShapeChange::Incompatible { reason } => write!(f, "incompatible: {reason}"),
+            ShapeChange::Incompatible { reason } => {
+                write!(f, "{}: {reason}", ShapeChange::INCOMPATIBLE)
+            }
         }
     }
 }
